@@ -1,0 +1,320 @@
+"""Frozen configuration dataclasses and the strict YAML loader.
+
+Models: every knob of a simulation as plain, picklable, frozen data. A run is a pure
+function of (resolved config, seed). Loading is strict: an unknown key, a wrong type or
+an impossible value raises :class:`ConfigError` naming the file, the dotted key and what
+was expected. ``--set a.b=c`` overrides parse their value as YAML and may replace a
+whole sub-config.
+
+Ignores: anything not declared here; there are no global defaults outside these classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, the dotted key and what was expected."""
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key = key
+        self.source = source
+        self.message = message
+        where = f"{source}: " if source else ""
+        keytxt = f"key '{key}': " if key else ""
+        super().__init__(f"{where}{keytxt}{message}")
+
+    def with_source(self, source: str) -> "ConfigError":
+        return ConfigError(self.key, self.message, source)
+
+
+def _c(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
+       choices: tuple | None = None, doc: str = "") -> dict:
+    """Field metadata: numeric bounds, allowed values and a one-line description."""
+    return {"ge": ge, "gt": gt, "le": le, "choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True)
+class DistSpec:
+    """A named distribution or process with its parameters (checked by its registry)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """Replay of a recorded trace (see sim.workload.traces)."""
+
+    path: str = field(metadata=_c(doc="trace file; relative paths resolve against the config file"))
+    format: str = field(default="auto", metadata=_c(doc="reader name or 'auto' (by file name)"))
+    columns: Mapping[str, str] = field(default_factory=dict,
+                                       metadata=_c(doc="generic CSV/JSONL: our field -> your column"))
+    start_s: float = field(default=0.0, metadata=_c(ge=0))
+    end_s: float | None = field(default=None, metadata=_c(gt=0))
+    max_requests: int | None = field(default=None, metadata=_c(ge=1))
+    time_scale: float = field(default=1.0, metadata=_c(gt=0, doc="multiply inter-arrival times"))
+    target_rate_per_s: float | None = field(default=None, metadata=_c(gt=0))
+    sample_frac: float = field(default=1.0, metadata=_c(gt=0, le=1))
+    on_bad_row: str = field(default="error", metadata=_c(choices=("error", "skip")))
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """Which requests arrive when, with how many prompt and output tokens."""
+
+    num_requests: int | None = field(default=None, metadata=_c(ge=1))
+    duration_s: float | None = field(default=None, metadata=_c(gt=0))
+    arrival: DistSpec = field(default_factory=lambda: DistSpec("poisson", {"rate_per_s": 1.0}))
+    prompt_tokens: DistSpec = field(default_factory=lambda: DistSpec("fixed", {"value": 512}))
+    output_tokens: DistSpec = field(default_factory=lambda: DistSpec("fixed", {"value": 128}))
+    trace: TraceSpec | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One serving engine replica's settings (vLLM names where vLLM has the knob)."""
+
+    preset: str | None = field(default=None, metadata=_c(doc="engine preset name (sim.engine.presets)"))
+    max_num_seqs: int = field(default=256, metadata=_c(ge=1))
+    max_num_batched_tokens: int = field(default=8192, metadata=_c(ge=1))
+    block_size_tokens: int = field(default=16, metadata=_c(ge=1))
+    gpu_memory_utilization: float = field(default=0.9, metadata=_c(gt=0, le=1))
+    activation_reserve_bytes: float | None = field(
+        default=None, metadata=_c(ge=0, doc="workspace held back from KV; None = estimated from max_num_batched_tokens"))
+    enable_chunked_prefill: bool = True
+    max_model_len: int | None = field(default=None, metadata=_c(ge=1))
+    preemption: str = field(default="recompute", metadata=_c(choices=("recompute", "swap")))
+    host_overhead_s: float = field(default=3.0e-3, metadata=_c(ge=0, doc="CPU time per step (schedule, prepare, sample)"))
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Which cost model prices a step, and its overrides."""
+
+    name: str = "roofline"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SLOConfig:
+    """Latency targets; a request meets the SLO if it meets every target given."""
+
+    ttft_s: float | None = field(default=None, metadata=_c(gt=0))
+    tpot_s: float | None = field(default=None, metadata=_c(gt=0))
+    e2e_s: float | None = field(default=None, metadata=_c(gt=0))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A whole simulation: model, hardware, engine, workload, seed."""
+
+    model: str = field(metadata=_c(doc="shipped model name or path to an HF config.json / model YAML"))
+    hardware: str = field(metadata=_c(doc="hardware profile name or path to a profile YAML"))
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    cost_model: CostConfig = field(default_factory=CostConfig)
+    slo: SLOConfig | None = None
+    seed: int = field(default=0, metadata=_c(ge=0))
+    base_dir: str = field(default=".", metadata=_c(doc="where relative paths resolve (set by the loader)"))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (Mapping, dict) or tp in (dict,):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin in (Mapping, dict) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(key, f"unsupported field type {tp}")
+
+
+def _check_bounds(meta: Mapping, value: Any, key: str) -> None:
+    if value is None or not meta:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(key, f"expected one of {list(meta['choices'])}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if meta.get("ge") is not None and value < meta["ge"]:
+            raise ConfigError(key, f"expected a value >= {meta['ge']}, got {value!r}")
+        if meta.get("gt") is not None and value <= meta["gt"]:
+            raise ConfigError(key, f"expected a value > {meta['gt']}, got {value!r}")
+        if meta.get("le") is not None and value > meta["le"]:
+            raise ConfigError(key, f"expected a value <= {meta['le']}, got {value!r}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data`` strictly; errors carry the dotted key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"{prefix}.{k}" if prefix else str(k),
+                          f"unknown key; expected one of {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            value = _convert(hints[name], data[name], key)
+            _check_bounds(f.metadata, value, key)
+            kwargs[name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, f"missing required key ({_type_name(hints[name])})")
+    obj = cls(**kwargs)
+    check = getattr(obj, "_check", None)
+    if check:
+        check(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (for YAML/JSON output)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | list[str]) -> dict:
+    """Return a copy of ``data`` with dotted-key overrides applied.
+
+    ``overrides`` is either ``["a.b=yaml", ...]`` (CLI form, values parsed as YAML) or a
+    mapping ``{"a.b": value}`` (Python form; ``a__b`` is accepted for keyword arguments).
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    items: list[tuple[str, Any]] = []
+    if isinstance(overrides, Mapping):
+        items = [(k.replace("__", "."), v) for k, v in overrides.items()]
+    else:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(item, "override must look like key.path=value")
+            k, v = item.split("=", 1)
+            try:
+                items.append((k.strip(), yaml.safe_load(v)))
+            except yaml.YAMLError as e:
+                raise ConfigError(k.strip(), f"override value is not valid YAML: {e}") from None
+    for key, value in items:
+        parts = key.split(".")
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts[: i + 1]), "cannot set a sub-key of a non-mapping value")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; errors name the file and the line."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("", f"no such file", str(p))
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"invalid YAML{where}: {getattr(e, 'problem', e)}", str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}", str(p))
+    return data
+
+
+def load_config(source: str | Path | Mapping | SimConfig,
+                overrides: Mapping[str, Any] | list[str] | None = None) -> SimConfig:
+    """Load a :class:`SimConfig` from a YAML path, a mapping or a config, with overrides."""
+    src_name = None
+    base_dir = "."
+    if isinstance(source, SimConfig):
+        data = to_dict(source)
+        base_dir = source.base_dir
+    elif isinstance(source, Mapping):
+        data = dict(source)
+        src_name = "<dict>"
+    else:
+        data = read_yaml(source)
+        src_name = str(source)
+        base_dir = str(Path(source).resolve().parent)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    data.setdefault("base_dir", data.get("base_dir", base_dir))
+    try:
+        return from_dict(SimConfig, data)
+    except ConfigError as e:
+        raise e.with_source(src_name or "<config>") from None
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,187 @@
+"""GPU hardware profiles: datasheet peaks plus achieved-efficiency curves.
+
+Models: one GPU as peak dense FLOP rates per dtype, HBM capacity and bandwidth, L2, SM
+count and link bandwidths (datasheet figures with their source), and, per kernel backend
+and op kind, an *affine roofline* efficiency: an op moving B bytes and doing F FLOPs takes
+
+    t = max((F + F0) / (P * compute_frac), (B + B0) / (W * bandwidth_frac)) * corr(x) + launch_s
+
+where P, W are the peaks, (compute_frac, bandwidth_frac) the asymptotic achieved fractions,
+(F0, B0) the fixed work-equivalents that make small problems inefficient, and corr(x) an
+optional piecewise-linear correction in log2 of the op's size feature fitted from residuals.
+Until `calibrate/` has run on a GPU these are documented defaults (``efficiency.source``).
+
+Ignores: clock throttling, power limits, ECC, MIG partitions.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from sim.config import ConfigError, read_yaml
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
+OP_KINDS = ("gemm", "attn_prefill", "attn_decode", "elementwise")
+BACKENDS = ("vendor", "triton")
+
+
+@dataclass(frozen=True)
+class OpEfficiency:
+    """Achieved fraction of peak for one op kind on one backend (see module doc)."""
+
+    compute_frac: float = 0.7
+    bandwidth_frac: float = 0.8
+    fixed_flops: float = 0.0
+    fixed_bytes: float = 0.0
+    launch_s: float = 4.0e-6
+    corr_log2_x: tuple[float, ...] = ()
+    corr_factor: tuple[float, ...] = ()
+
+    def correction(self, x: float) -> float:
+        """Multiplicative residual correction at size feature ``x`` (1.0 if none)."""
+        xs = self.corr_log2_x
+        if not xs or x <= 0:
+            return 1.0
+        lx = math.log2(x)
+        if lx <= xs[0]:
+            return self.corr_factor[0]
+        if lx >= xs[-1]:
+            return self.corr_factor[-1]
+        i = bisect.bisect_right(xs, lx)
+        x0, x1 = xs[i - 1], xs[i]
+        y0, y1 = self.corr_factor[i - 1], self.corr_factor[i]
+        return y0 + (y1 - y0) * (lx - x0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One GPU: datasheet figures and efficiency curves per backend and op kind."""
+
+    name: str
+    display_name: str
+    memory_bytes: float
+    memory_bandwidth_bytes_per_s: float
+    peak_flops_per_s: Mapping[str, float]
+    l2_bytes: float
+    num_sms: int
+    nvlink_bandwidth_bytes_per_s: float
+    pcie_bandwidth_bytes_per_s: float
+    sources: tuple[str, ...] = ()
+    notes: str = ""
+    default_backend: str = "vendor"
+    efficiency_source: str = "default"
+    efficiency: Mapping[str, Mapping[str, OpEfficiency]] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def peak_flops(self, dtype: str) -> float:
+        d = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float32": "fp32"}.get(dtype, dtype)
+        v = self.peak_flops_per_s.get(d)
+        if v is None and d == "bf16":
+            v = self.peak_flops_per_s.get("fp16")  # e.g. T4 runs bf16 models in fp16
+        if v is None:
+            raise ConfigError("hardware", f"{self.name} has no {d} peak; it has {sorted(self.peak_flops_per_s)}")
+        return float(v)
+
+    def op_efficiency(self, op_kind: str, backend: str | None = None) -> OpEfficiency:
+        be = backend or self.default_backend
+        table = self.efficiency.get(be)
+        if table is None:
+            raise ConfigError("backend", f"{self.name} has no efficiency curves for backend '{be}'; it has {sorted(self.efficiency)}")
+        eff = table.get(op_kind)
+        if eff is None:
+            raise ConfigError("op", f"{self.name}/{be} has no curve for '{op_kind}'")
+        return eff
+
+
+_REQUIRED = ("name", "display_name", "memory_bytes", "memory_bandwidth_bytes_per_s", "peak_flops_per_s",
+             "l2_bytes", "num_sms", "nvlink_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s")
+_EFF_KEYS = {"compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", "correction", "fit"}
+
+
+def _parse_eff(d: Mapping, key: str, src: str) -> OpEfficiency:
+    if not isinstance(d, Mapping):
+        raise ConfigError(key, "expected a mapping", src)
+    bad = set(d) - _EFF_KEYS
+    if bad:
+        raise ConfigError(f"{key}.{sorted(bad)[0]}", f"unknown key; expected one of {sorted(_EFF_KEYS)}", src)
+    kw: dict[str, Any] = {}
+    for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s"):
+        if k in d:
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"{key}.{k}", f"expected a non-negative number, got {v!r}", src)
+            kw[k] = float(v)
+    for k in ("compute_frac", "bandwidth_frac"):
+        if k in kw and not 0 < kw[k] <= 1.5:
+            raise ConfigError(f"{key}.{k}", f"expected a fraction in (0, 1.5], got {kw[k]}", src)
+    corr = d.get("correction")
+    if corr:
+        xs, ys = corr.get("log2_x", []), corr.get("factor", [])
+        if len(xs) != len(ys) or any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ConfigError(f"{key}.correction", "expected log2_x increasing and as long as factor", src)
+        kw["corr_log2_x"] = tuple(float(x) for x in xs)
+        kw["corr_factor"] = tuple(float(y) for y in ys)
+    return OpEfficiency(**kw)
+
+
+def profile_from_dict(d: Mapping, src: str = "<dict>") -> HardwareProfile:
+    for k in _REQUIRED:
+        if k not in d:
+            raise ConfigError(k, "missing required key", src)
+    eff_section = d.get("efficiency") or {}
+    eff: dict[str, dict[str, OpEfficiency]] = {}
+    for be, ops in (eff_section.get("backends") or {}).items():
+        if be not in BACKENDS:
+            raise ConfigError(f"efficiency.backends.{be}", f"unknown backend; expected one of {list(BACKENDS)}", src)
+        eff[be] = {}
+        for op, params in (ops or {}).items():
+            if op not in OP_KINDS:
+                raise ConfigError(f"efficiency.backends.{be}.{op}", f"unknown op kind; expected one of {list(OP_KINDS)}", src)
+            eff[be][op] = _parse_eff(params, f"efficiency.backends.{be}.{op}", src)
+        for op in OP_KINDS:
+            eff[be].setdefault(op, OpEfficiency())
+    if not eff:
+        eff = {"vendor": {op: OpEfficiency() for op in OP_KINDS}}
+    for k in ("memory_bytes", "memory_bandwidth_bytes_per_s", "l2_bytes"):
+        if not isinstance(d[k], (int, float)) or d[k] <= 0:
+            raise ConfigError(k, f"expected a positive number, got {d[k]!r}", src)
+    return HardwareProfile(
+        name=str(d["name"]), display_name=str(d["display_name"]),
+        memory_bytes=float(d["memory_bytes"]),
+        memory_bandwidth_bytes_per_s=float(d["memory_bandwidth_bytes_per_s"]),
+        peak_flops_per_s={str(k): float(v) for k, v in d["peak_flops_per_s"].items() if v is not None},
+        l2_bytes=float(d["l2_bytes"]), num_sms=int(d["num_sms"]),
+        nvlink_bandwidth_bytes_per_s=float(d["nvlink_bandwidth_bytes_per_s"] or 0),
+        pcie_bandwidth_bytes_per_s=float(d["pcie_bandwidth_bytes_per_s"]),
+        sources=tuple(d.get("sources") or ()), notes=str(d.get("notes", "")),
+        default_backend=str(eff_section.get("default_backend", "vendor")),
+        efficiency_source=str(eff_section.get("source", "default")),
+        efficiency=eff, calibration=dict(d.get("calibration") or {}), path=src,
+    )
+
+
+def shipped_hardware() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_hardware(name_or_path: str, base_dir: str | Path = ".") -> HardwareProfile:
+    """A shipped profile by name (``hardware_profiles/<name>.yaml``) or a path to one."""
+    p = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        p = Path(name_or_path)
+        if not p.is_absolute():
+            p = Path(base_dir) / p
+        if not p.exists() or p.suffix not in (".yaml", ".yml"):
+            raise ConfigError("hardware", f"unknown hardware '{name_or_path}'; expected one of {shipped_hardware()} "
+                                          "or a path to a profile YAML")
+    return profile_from_dict(read_yaml(p), str(p))
+
+
+def dump_profile(d: Mapping) -> str:
+    return yaml.safe_dump(dict(d), sort_keys=False, width=120)
