@@ -10,6 +10,7 @@ Ignores: anything not declared here; there are no global defaults outside these 
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -136,7 +137,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    if origin in (Mapping, dict) or tp in (dict,):
+    if origin in (Mapping, collections.abc.Mapping, dict) or tp in (dict,):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
@@ -162,7 +163,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, key)
-    if origin in (Mapping, dict) or tp is dict:
+    if origin in (Mapping, collections.abc.Mapping, dict) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
         return dict(value)

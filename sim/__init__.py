@@ -1,0 +1,13 @@
+"""servesim: a discrete-event simulator of LLM serving clusters.
+
+    import sim
+    res = sim.run("workloads/default.yaml", engine__max_num_seqs=128)
+    res.requests      # one row per request (pandas)
+    res.iterations    # one row per engine iteration
+    res.summary()     # TTFT/TPOT/ITL/E2E percentiles, throughput, goodput, saturation
+"""
+from sim.config import ConfigError, SimConfig, load_config
+from sim.simulator import Results, run, simulate
+
+__all__ = ["run", "simulate", "Results", "SimConfig", "load_config", "ConfigError"]
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""Single GPU ops as FLOPs and bytes, and their predicted time on a hardware profile.
+
+Models: the kernels one transformer step launches: GEMMs, causal prefill attention (with a
+prior context, GQA), paged decode attention, and memory-bound elementwise ops. Each op
+counts its FLOPs and the fewest bytes it must move (each input read once, each output
+written once) exactly as `calibrate/` counts them in its CSVs, so fitted efficiencies and
+predictions use one definition. ``op_time`` applies the hardware's affine roofline
+(see sim.hardware).
+
+Ignores: L2 reuse across ops, kernel fusion beyond what an op names, tensor-parallel
+sharding (a sharded op is a smaller op).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from sim.hardware import HardwareProfile
+from sim.model_spec import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """C[m, n] = A[m, k] @ B[k, n] (B = weights)."""
+
+    m: int
+    n: int
+    k: int
+    dtype: str = "bf16"
+    kind = "gemm"
+
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+    def bytes(self) -> float:
+        b = DTYPE_BYTES[self.dtype]
+        out_b = 2 if b < 2 else b  # fp8 GEMMs write bf16
+        return (self.m * self.k + self.k * self.n) * b + self.m * self.n * out_b
+
+
+@dataclass(frozen=True)
+class AttnPrefill:
+    """Causal attention of ``seq_q`` new tokens over ``seq_kv`` keys (the last seq_q are new)."""
+
+    batch: int
+    seq_q: int
+    seq_kv: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str = "bf16"
+    kind = "attn_prefill"
+
+    def attended_pairs(self) -> float:
+        prior = self.seq_kv - self.seq_q
+        return self.batch * (self.seq_q * prior + self.seq_q * (self.seq_q + 1) / 2.0)
+
+    def flops(self) -> float:
+        return 4.0 * self.heads * self.head_dim * self.attended_pairs()
+
+    def bytes(self) -> float:
+        b = DTYPE_BYTES[self.dtype]
+        q_o = 2 * self.batch * self.seq_q * self.heads * self.head_dim * b
+        kv = 2 * self.batch * self.seq_kv * self.kv_heads * self.head_dim * b
+        return q_o + kv
+
+
+@dataclass(frozen=True)
+class AttnDecode:
+    """One query token per sequence over ``context`` cached tokens (paged KV)."""
+
+    batch: int
+    context: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str = "bf16"
+    kind = "attn_decode"
+
+    def flops(self) -> float:
+        return 4.0 * self.batch * self.heads * self.head_dim * self.context
+
+    def bytes(self) -> float:
+        b = DTYPE_BYTES[self.dtype]
+        kv = 2 * self.batch * self.context * self.kv_heads * self.head_dim * b
+        q_o = 2 * self.batch * self.heads * self.head_dim * b
+        return kv + q_o
+
+
+# reads, writes (in units of tokens*hidden elements) and flops per element of each elementwise op
+_ELEMENTWISE = {
+    "rmsnorm": (1, 1, 4), "add": (2, 1, 1), "copy": (1, 1, 0),
+    "silu_mul": (2, 1, 5),   # hidden = intermediate size; reads [T, 2I], writes [T, I]
+    "rotary": (1, 1, 3),     # hidden = (heads + kv_heads) * head_dim, in place on q and k
+}
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A memory-bound op over a [tokens, hidden] activation."""
+
+    op: str
+    tokens: int
+    hidden: int
+    dtype: str = "bf16"
+    kind = "elementwise"
+
+    def flops(self) -> float:
+        return float(_ELEMENTWISE[self.op][2] * self.tokens * self.hidden)
+
+    def bytes(self) -> float:
+        r, w, _ = _ELEMENTWISE[self.op]
+        b = DTYPE_BYTES[self.dtype]
+        extra = self.hidden * b if self.op == "rmsnorm" else 0
+        return (r + w) * self.tokens * self.hidden * b + extra
+
+
+Op = Union[Gemm, AttnPrefill, AttnDecode, Elementwise]
+
+
+def affine_roofline_s(hw: HardwareProfile, kind: str, flops: float, bytes_: float,
+                      dtype: str = "bf16", backend: str | None = None) -> tuple[float, float, float]:
+    """(total seconds, compute-bound seconds, memory-bound seconds) for one launch."""
+    eff = hw.op_efficiency(kind, backend)
+    peak = hw.peak_flops(dtype)
+    bw = hw.memory_bandwidth_bytes_per_s
+    t_c = (flops + eff.fixed_flops) / (peak * eff.compute_frac) if flops > 0 else 0.0
+    t_m = (bytes_ + eff.fixed_bytes) / (bw * eff.bandwidth_frac)
+    ideal_ns = max(flops / peak, bytes_ / bw) * 1e9
+    return max(t_c, t_m) * eff.correction(ideal_ns) + eff.launch_s, t_c, t_m
+
+
+def op_time_breakdown(hw: HardwareProfile, op: Op, backend: str | None = None) -> dict:
+    """Prediction with its parts: time_s, flops, bytes, bound, achieved rates."""
+    flops, bytes_ = op.flops(), op.bytes()
+    dtype = op.dtype
+    total, t_c, t_m = affine_roofline_s(hw, op.kind, flops, bytes_, dtype, backend)
+    eff = hw.op_efficiency(op.kind, backend)
+    return {"time_s": total, "op": op.kind, "backend": backend or hw.default_backend,
+            "flops": flops, "bytes": bytes_, "bound": "compute" if t_c >= t_m else "memory",
+            "compute_s": t_c, "memory_s": t_m, "launch_s": eff.launch_s,
+            "achieved_flops_per_s": flops / total, "achieved_bytes_per_s": bytes_ / total,
+            "peak_flops_per_s": hw.peak_flops(dtype), "peak_bytes_per_s": hw.memory_bandwidth_bytes_per_s,
+            "efficiency_source": hw.efficiency_source}
+
+
+def op_time(hw: HardwareProfile, op: Op, backend: str | None = None) -> float:
+    """Predicted seconds for one launch of ``op`` on ``hw`` with ``backend`` kernels."""
+    return affine_roofline_s(hw, op.kind, op.flops(), op.bytes(), op.dtype, backend)[0]

@@ -1,0 +1,1 @@
+"""Per-request and per-iteration records, summaries and plots."""

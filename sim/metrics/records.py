@@ -1,0 +1,71 @@
+"""Append-only records of a run: one row per request, one per engine iteration.
+
+Models: what a serving engine's metrics would log: per request its arrival, first
+scheduling, first token, finish, output tokens and preemptions; per iteration its start,
+step time and breakdown, batch shape, queue lengths and KV blocks in use.
+
+Ignores: per-token timestamps. Inter-token latencies are exact without them: a request in
+steady decode emits one token per iteration, so its inter-token gap is that iteration's
+step time (iterations are weighted by their decode count); gaps that are not one step
+(a preempted request's first token after it resumes) are kept per request.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sim.engine.request import REJECTED
+
+REQUEST_COLUMNS = ["request_id", "replica", "arrival_s", "scheduled_s", "first_token_s", "finish_s",
+                   "prompt_tokens", "output_tokens", "num_preemptions", "rejected", "client"]
+ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_prefill_tokens",
+                     "num_decode", "decode_context_sum", "num_running", "num_waiting", "kv_used_blocks",
+                     "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s"]
+
+
+class Recorder:
+    """Collects rows as tuples (cheap) and builds DataFrames at the end."""
+
+    def __init__(self, kv_blocks_total: int = 1):
+        self.kv_blocks_total = kv_blocks_total
+        self.requests: list[tuple] = []
+        self.iterations: list[tuple] = []
+        self.extra_itl_s: list[float] = []
+        self.num_done = 0
+        self.progress = None  # optional callable(num_done)
+
+    def request_done(self, r) -> None:
+        self.requests.append((r.id, r.replica, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s,
+                              r.prompt_tokens, r.num_output if r.state != REJECTED else 0,
+                              r.num_preemptions, r.state == REJECTED, r.client))
+        if r.extra_itl_s:
+            self.extra_itl_s.extend(r.extra_itl_s)
+        self.num_done += 1
+        if self.progress is not None and self.num_done % 500 == 0:
+            self.progress(self.num_done)
+
+    def iteration(self, replica: int, start_s: float, st, shape, num_running: int, num_waiting: int,
+                  kv_used_blocks: int, num_preempted: int) -> None:
+        chunks = shape.prefill_chunks
+        self.iterations.append((replica, start_s, st.total_s, len(chunks), sum(c for c, _ in chunks),
+                                shape.num_decode, shape.decode_context_sum, num_running, num_waiting,
+                                kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
+                                st.comm_s, st.host_s))
+
+    def requests_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
+        df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
+        for c in ("scheduled_s", "first_token_s"):
+            df.loc[df[c] < 0, c] = np.nan
+        ok = ~df["rejected"]
+        df["queue_s"] = df["scheduled_s"] - df["arrival_s"]
+        df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+        df["e2e_s"] = (df["finish_s"] - df["arrival_s"]).where(ok)
+        n = df["output_tokens"]
+        df["tpot_s"] = ((df["finish_s"] - df["first_token_s"]) / (n - 1)).where(ok & (n > 1))
+        return df
+
+    def iterations_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame.from_records(self.iterations, columns=ITERATION_COLUMNS)
+        df["kv_usage_frac"] = df["kv_used_blocks"] / self.kv_blocks_total
+        return df

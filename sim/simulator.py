@@ -1,0 +1,182 @@
+"""Build a simulation from a config, run it, and hold its results.
+
+Models: the wiring of one run: model + hardware -> cost model and KV capacity; scheduler
+and replica; a request source (open loop: one simpy process that submits each request at
+its arrival time; closed loop: clients that submit their next request when the previous
+one finishes). A run is a pure function of the resolved config and its seed.
+
+Ignores: multiple replicas and routing (sim.cluster, a later issue).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import simpy
+
+from sim.config import SimConfig, dump_yaml, load_config
+from sim.cost.base import cost_models
+import sim.cost  # noqa: F401  (registers the cost models)
+from sim.engine.replica import Replica
+from sim.engine.request import Request
+from sim.engine.scheduler import Scheduler
+from sim.hardware import HardwareProfile, load_hardware
+from sim.kv.block_pool import BlockPool
+from sim.kv.manager import KVManager, activation_reserve_bytes, kv_capacity_blocks
+from sim.metrics.records import Recorder
+from sim.metrics.summary import format_summary, summarize
+from sim.model_spec import ModelSpec, load_model
+from sim.rng import RngStreams
+from sim.workload.generator import RequestStream, build_stream
+
+
+@dataclass
+class Results:
+    """What a run produced: per-request and per-iteration DataFrames plus the config."""
+
+    config: SimConfig
+    requests: pd.DataFrame
+    iterations: pd.DataFrame
+    extra_itl_s: list[float]
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """TTFT/TPOT/ITL/E2E percentiles, throughput, goodput, KV use, saturation."""
+        return summarize(self.requests, self.iterations, self.extra_itl_s, self.config.slo,
+                         self.config.engine.max_num_seqs)
+
+    def format(self) -> str:
+        return format_summary(self.summary())
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write summary.json, requests.parquet, iterations.parquet, config.resolved.yaml."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({**self.summary(), "info": self.info}, indent=2) + "\n")
+        self.requests.to_parquet(out / "requests.parquet", index=False)
+        self.iterations.to_parquet(out / "iterations.parquet", index=False)
+        (out / "config.resolved.yaml").write_text(dump_yaml(self.config))
+        return out
+
+    def plot(self, kind: str = "dashboard", **kw):
+        from sim.metrics import plots
+
+        return plots.plot(self, kind, **kw)
+
+
+def build_cost(cfg: SimConfig, model: ModelSpec, hw: HardwareProfile):
+    return cost_models.build(cfg.cost_model.name, cfg.cost_model.params, key="cost_model",
+                             model=model, hardware=hw, host_overhead_s=cfg.engine.host_overhead_s)
+
+
+def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> Results:
+    """Run ``cfg`` to completion (every request finished or rejected)."""
+    eng = cfg.engine
+    model = load_model(cfg.model, cfg.base_dir)
+    hw = load_hardware(cfg.hardware, cfg.base_dir)
+    if eng.max_num_batched_tokens < eng.max_num_seqs:
+        from sim.config import ConfigError
+        raise ConfigError("engine.max_num_batched_tokens",
+                          f"must be >= engine.max_num_seqs ({eng.max_num_seqs}), as vLLM requires")
+    reserve = (eng.activation_reserve_bytes if eng.activation_reserve_bytes is not None
+               else activation_reserve_bytes(model, eng.max_num_batched_tokens, eng.max_num_seqs))
+    num_blocks = kv_capacity_blocks(model, hw, eng.block_size_tokens, eng.gpu_memory_utilization, reserve)
+    cost = build_cost(cfg, model, hw)
+    streams = RngStreams(cfg.seed)
+    stream = build_stream(cfg.workload, cfg.base_dir, streams)
+
+    env = simpy.Environment()
+    rec = Recorder(num_blocks)
+    sched = Scheduler(KVManager(BlockPool(num_blocks, eng.block_size_tokens)), eng.max_num_seqs,
+                      eng.max_num_batched_tokens, eng.enable_chunked_prefill)
+    max_model_len = eng.max_model_len or model.max_position_embeddings
+    total = len(stream.prompt_tokens) if not (stream.closed and stream.more_lengths) else None
+    if progress is not None:
+        rec.progress = lambda n: progress(n, total)
+    source = _ClosedLoopSource(env, stream) if stream.closed else None
+    replica = Replica(env, 0, sched, cost, rec, max_model_len,
+                      on_finish=source.on_finish if source else None)
+    if source:
+        source.start(replica)
+    else:
+        env.process(_open_loop(env, replica, stream))
+    env.run()
+    info = {"model": model.summary(), "hardware": hw.name, "efficiency_source": hw.efficiency_source,
+            "kv_blocks": num_blocks, "kv_capacity_tokens": num_blocks * eng.block_size_tokens,
+            "activation_reserve_bytes": reserve, "max_model_len": max_model_len}
+    return Results(cfg, rec.requests_frame(), rec.iterations_frame(), rec.extra_itl_s, info)
+
+
+def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> Request:
+    h = stream.hash_ids[i] if stream.hash_ids is not None else None
+    return Request(i, t, int(stream.prompt_tokens[i]), int(stream.output_tokens[i]), hash_ids=h, client=client)
+
+
+def _open_loop(env: simpy.Environment, replica: Replica, stream: RequestStream):
+    times = stream.arrival_s.tolist()
+    for i, t in enumerate(times):
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        replica.submit(_make_request(stream, i, env.now))
+
+
+class _ClosedLoopSource:
+    """N clients; each submits its next request when its previous one finishes."""
+
+    def __init__(self, env: simpy.Environment, stream: RequestStream):
+        self.env = env
+        self.stream = stream
+        self.next_id = 0
+        self.replica: Replica | None = None
+
+    def _available(self) -> bool:
+        s = self.stream
+        if s.duration_s is not None and self.env.now >= s.duration_s:
+            return False
+        if self.next_id >= len(s.prompt_tokens):
+            if s.more_lengths is None:
+                return False
+            import numpy as np
+            p, o = s.more_lengths()
+            s.prompt_tokens = np.concatenate([s.prompt_tokens, p])
+            s.output_tokens = np.concatenate([s.output_tokens, o])
+        return True
+
+    def _submit(self, client: int) -> None:
+        if self._available():
+            i = self.next_id
+            self.next_id += 1
+            self.replica.submit(_make_request(self.stream, i, self.env.now, client))
+
+    def start(self, replica: Replica) -> None:
+        self.replica = replica
+        for c in range(self.stream.concurrency):
+            self._submit(c)
+
+    def on_finish(self, r: Request) -> None:
+        self._submit(r.client)
+
+
+def run(config: str | Path | Mapping[str, Any] | SimConfig, progress: bool = False, **overrides: Any) -> Results:
+    """Run a simulation from a YAML path, a mapping or a SimConfig.
+
+    Keyword overrides use ``__`` for dots: ``run("cfg.yaml", engine__max_num_seqs=64, seed=2)``.
+    """
+    cfg = load_config(config, overrides or None)
+    cb = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=None, unit="req", desc="simulating")
+
+        def cb(n, total):
+            bar.total = total
+            bar.n = n
+            bar.refresh()
+    try:
+        return simulate(cfg, cb)
+    finally:
+        if progress:
+            bar.close()

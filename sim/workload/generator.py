@@ -1,0 +1,90 @@
+"""Turn a workload config into a request stream.
+
+Models: a stream is arrival times (open loop) or a client count (closed loop), plus the
+prompt and output length of each request in order, drawn from named RNG streams
+("workload.arrival", "workload.prompt", "workload.output"). A trace with timestamps gives
+both arrivals and lengths; a lengths-only trace gives lengths, paired with the configured
+arrival process.
+
+Ignores: multi-turn sessions (a later issue), priorities (engine policies).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.config import ConfigError, WorkloadConfig
+from sim.rng import RngStreams
+from sim.workload.arrivals import arrivals
+from sim.workload.lengths import lengths
+
+# Draw closed-loop lengths in chunks of this many when the run is bounded by duration only.
+_CHUNK = 4096
+
+
+@dataclass
+class RequestStream:
+    """Everything the source process needs; arrays are indexed by request id."""
+
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    arrival_s: np.ndarray | None = None       # open loop
+    concurrency: int | None = None            # closed loop
+    duration_s: float | None = None
+    hash_ids: list | None = None
+    hash_block_tokens: int | None = None
+    more_lengths: object = None               # callable(n) -> (prompt, output), closed loop by duration
+
+    @property
+    def closed(self) -> bool:
+        return self.concurrency is not None
+
+
+def build_stream(w: WorkloadConfig, base_dir: str, streams: RngStreams) -> RequestStream:
+    """The request stream of workload ``w`` (errors name the config key)."""
+    if w.num_requests is None and w.duration_s is None and w.trace is None:
+        raise ConfigError("workload.num_requests", "give workload.num_requests or workload.duration_s")
+    proc = arrivals.build(w.arrival.name, w.arrival.params, key="workload.arrival")
+    trace_df = None
+    if w.trace is not None:
+        from sim.workload.traces import read_trace  # imported lazily: pandas-heavy readers
+
+        trace_df = read_trace(w.trace, base_dir, streams)
+        if len(trace_df) == 0:
+            raise ConfigError("workload.trace", "the trace selection is empty (check the window and limits)")
+    timed = trace_df is not None and "arrival_s" in trace_df and trace_df["arrival_s"].notna().all()
+
+    if timed:
+        df = trace_df
+        if w.duration_s is not None:
+            df = df[df["arrival_s"] < w.duration_s]
+        if w.num_requests is not None:
+            df = df.iloc[: w.num_requests]
+        hash_ids = list(df["hash_ids"]) if "hash_ids" in df else None
+        return RequestStream(df["prompt_tokens"].to_numpy(np.int64), df["output_tokens"].to_numpy(np.int64),
+                             arrival_s=df["arrival_s"].to_numpy(float), hash_ids=hash_ids,
+                             hash_block_tokens=trace_df.attrs.get("block_size_tokens"))
+
+    def draw_lengths(n: int) -> tuple[np.ndarray, np.ndarray]:
+        if trace_df is not None:
+            from sim.workload.traces import sample_lengths
+
+            return sample_lengths(trace_df, n, streams.stream("workload.trace_lengths"))
+        pd_ = lengths.build(w.prompt_tokens.name, w.prompt_tokens.params, key="workload.prompt_tokens",
+                            base_dir=base_dir)
+        od_ = lengths.build(w.output_tokens.name, w.output_tokens.params, key="workload.output_tokens",
+                            base_dir=base_dir)
+        return (pd_.sample(n, streams.stream("workload.prompt")),
+                od_.sample(n, streams.stream("workload.output")))
+
+    if proc.closed:
+        if w.num_requests is not None:
+            p, o = draw_lengths(w.num_requests)
+            return RequestStream(p, o, concurrency=proc.concurrency, duration_s=w.duration_s)
+        p, o = draw_lengths(_CHUNK)
+        return RequestStream(p, o, concurrency=proc.concurrency, duration_s=w.duration_s,
+                             more_lengths=lambda: draw_lengths(_CHUNK))
+    t = proc.times(streams.stream("workload.arrival"), n=w.num_requests, duration_s=w.duration_s)
+    p, o = draw_lengths(len(t))
+    return RequestStream(p, o, arrival_s=t, duration_s=w.duration_s)
