@@ -1,0 +1,215 @@
+"""Shape grids and CSV column lists for the calibration run.
+
+Importable WITHOUT torch or triton (CPU CI tests these lists).  The models listed here are the
+ones the simulator ships; every grid is derived from their real dimensions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------- CSV columns (the contract)
+COLUMNS: dict[str, list[str]] = {
+    "gemm": ["op", "backend", "dtype", "m", "n", "k", "time_s", "flops", "bytes"],
+    "attn_prefill": ["op", "backend", "dtype", "batch", "seq_q", "seq_kv", "heads", "kv_heads",
+                     "head_dim", "time_s", "flops", "bytes"],
+    "attn_decode": ["op", "backend", "dtype", "batch", "context", "heads", "kv_heads", "head_dim",
+                    "block_size", "time_s", "flops", "bytes"],
+    "elementwise": ["op", "backend", "dtype", "tokens", "hidden", "time_s", "flops", "bytes"],
+    "nccl": ["op", "backend", "dtype", "bytes_per_rank", "world_size", "time_s",
+             "algbw_bytes_per_s", "busbw_bytes_per_s"],
+}
+OPS = ["gemm", "attn_prefill", "attn_decode", "elementwise"]
+ELEMENTWISE_OPS = ["rmsnorm", "silu_mul", "rotary", "add", "copy", "launch"]
+BLOCK_SIZE = 16  # paged KV block size (tokens per block)
+DECODE_KV_LIMIT_BYTES = 40 * 10**9  # skip decode combos whose K+V cache exceeds this
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    name: str
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+    vocab: int
+
+
+MODELS: list[ModelDims] = [
+    ModelDims("llama-3.1-8b", 4096, 32, 8, 128, 14336, 128256),
+    ModelDims("llama-3.1-70b", 8192, 64, 8, 128, 28672, 128256),
+    ModelDims("qwen2.5-0.5b", 896, 14, 2, 64, 4864, 151936),
+    ModelDims("qwen2.5-7b", 3584, 28, 4, 128, 18944, 152064),
+    ModelDims("qwen2.5-72b", 8192, 64, 8, 128, 29568, 152064),
+    ModelDims("mistral-7b", 4096, 32, 8, 128, 14336, 32768),
+]
+
+# log-spaced M for the fit + a few odd "held-out" values the fit never sees
+GEMM_M_MAIN = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+GEMM_M_HELDOUT = [3, 24, 96, 384, 3000]
+GEMM_M_QUICK = [1, 16, 128, 1024, 4096]
+LM_HEAD_MAX_M = 512
+
+
+def gemm_kn_pairs(models=None) -> list[tuple[str, int, int]]:
+    """(layer, K, N) for every model's real linear layers, deduplicated on (K, N)."""
+    seen: dict[tuple[int, int], str] = {}
+    for md in models or MODELS:
+        layers = [
+            ("qkv", md.hidden, (md.heads + 2 * md.kv_heads) * md.head_dim),
+            ("o", md.heads * md.head_dim, md.hidden),
+            ("gate_up", md.hidden, 2 * md.inter),
+            ("down", md.inter, md.hidden),
+            ("lm_head", md.hidden, md.vocab),
+        ]
+        for layer, k, n in layers:
+            seen.setdefault((k, n), layer)
+    return [(layer, k, n) for (k, n), layer in seen.items()]
+
+
+def gemm_grid(quick: bool = False) -> list[tuple[int, int, int]]:
+    """(M, N, K) shapes, sorted, unique."""
+    out = set()
+    pairs = gemm_kn_pairs(MODELS[:2] if quick else None)
+    ms = GEMM_M_QUICK if quick else sorted(GEMM_M_MAIN + GEMM_M_HELDOUT)
+    for layer, k, n in pairs:
+        for m in ms:
+            if layer == "lm_head" and m > LM_HEAD_MAX_M:
+                continue
+            out.add((m, n, k))
+    return sorted(out)
+
+
+def gemm_fp8_grid(quick: bool = False) -> list[tuple[int, int, int]]:
+    """fp8 grid: same (K, N) pairs, M on the main log grid only (no held-out points)."""
+    if quick:
+        return gemm_grid(True)
+    ms = GEMM_M_MAIN
+    out = set()
+    for layer, k, n in gemm_kn_pairs():
+        for m in ms:
+            if layer == "lm_head" and m > LM_HEAD_MAX_M:
+                continue
+            out.add((m, n, k))
+    return sorted(out)
+
+
+# attention head configs (heads, kv_heads, head_dim)
+HEAD_CONFIGS = [(32, 8, 128), (64, 8, 128), (28, 4, 128), (14, 2, 64)]
+
+# prefill: (batch, seq_q, seq_kv); seq_kv = total context incl. the new tokens
+PREFILL_SHAPES = (
+    [(1, s, s) for s in [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]]
+    + [(4, 128, 128), (16, 128, 128), (8, 256, 256), (8, 512, 512), (4, 1024, 1024),
+       (2, 2048, 2048), (4, 2048, 2048), (2, 3000, 3000)]            # last one held out
+    + [(1, 512, 4096), (1, 2048, 8192), (1, 512, 16384), (1, 2048, 32768),  # chunked prefill
+       (4, 512, 2048), (1, 1000, 6000)]
+)
+PREFILL_SHAPES_QUICK = [(1, 512, 512), (1, 4096, 4096), (4, 256, 256), (1, 512, 2048)]
+
+DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+DECODE_CONTEXTS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+DECODE_HELDOUT = [(3, 3000), (24, 700), (96, 1500), (200, 5000)]
+
+
+def decode_kv_bytes(batch: int, context: int, kv_heads: int, head_dim: int, elt: int = 2) -> int:
+    return 2 * batch * context * kv_heads * head_dim * elt
+
+
+def decode_grid(quick: bool = False) -> list[tuple[int, int, int, int, int]]:
+    """(heads, kv_heads, head_dim, batch, context) with K+V <= DECODE_KV_LIMIT_BYTES."""
+    out = []
+    cfgs = HEAD_CONFIGS[:1] + HEAD_CONFIGS[3:] if quick else HEAD_CONFIGS
+    for h, kvh, d in cfgs:
+        if quick:
+            pts = [(1, 1024), (8, 4096), (64, 2048), (256, 512)]
+        else:
+            pts = [(b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS] + DECODE_HELDOUT
+        for b, c in pts:
+            if decode_kv_bytes(b, c, kvh, d) <= DECODE_KV_LIMIT_BYTES:
+                out.append((h, kvh, d, b, c))
+    return out
+
+
+ELEM_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+ELEM_TOKENS_QUICK = [1, 64, 4096]
+
+
+def elementwise_grid(quick: bool = False) -> list[tuple[str, int, int]]:
+    """(op, tokens, hidden).  rmsnorm/add/copy: hidden = model hidden; silu_mul: hidden = the
+    intermediate size I (input [T, 2I], output [T, I]); rotary: hidden = (heads + kv_heads) *
+    head_dim (the rotated q and k widths together; head config from HEAD_CONFIGS)."""
+    toks = ELEM_TOKENS_QUICK if quick else ELEM_TOKENS
+    hiddens = sorted({m.hidden for m in MODELS})
+    inters = sorted({m.inter for m in MODELS})
+    out = []
+    for t in toks:
+        for hd in hiddens:
+            out += [("rmsnorm", t, hd), ("add", t, hd), ("copy", t, hd)]
+        for i in inters:
+            out.append(("silu_mul", t, i))
+        for h, kvh, d in HEAD_CONFIGS:
+            out.append(("rotary", t, (h + kvh) * d))
+    return out
+
+
+def rotary_head_config(hidden: int) -> tuple[int, int, int]:
+    for h, kvh, d in HEAD_CONFIGS:
+        if (h + kvh) * d == hidden:
+            return h, kvh, d
+    raise KeyError(hidden)
+
+
+# ------------------------------------------------------------------ analytic flops / bytes
+def gemm_flops_bytes(m: int, n: int, k: int, in_bytes: int = 2, out_bytes: int = 2):
+    return 2 * m * n * k, (m * k + k * n) * in_bytes + m * n * out_bytes
+
+
+def prefill_attended(seq_q: int, seq_kv: int) -> int:
+    """Sum over query positions of attended keys (causal, bottom-right aligned)."""
+    ctx = seq_kv - seq_q
+    return seq_q * ctx + seq_q * (seq_q + 1) // 2
+
+
+def prefill_flops_bytes(batch, seq_q, seq_kv, heads, kv_heads, head_dim, elt=2):
+    flops = 4 * batch * heads * head_dim * prefill_attended(seq_q, seq_kv)
+    byts = (2 * batch * seq_q * heads * head_dim + 2 * batch * seq_kv * kv_heads * head_dim) * elt
+    return flops, byts
+
+
+def decode_flops_bytes(batch, context, heads, kv_heads, head_dim, elt=2):
+    flops = 4 * batch * heads * head_dim * context
+    byts = decode_kv_bytes(batch, context, kv_heads, head_dim, elt) + 2 * batch * heads * head_dim * elt
+    return flops, byts
+
+
+def elementwise_flops_bytes(op: str, tokens: int, hidden: int, elt: int = 2):
+    n = tokens * hidden
+    if op == "rmsnorm":      # x read, w read, y written; ~4 flops/elt
+        return 4 * n, (2 * n + hidden) * elt
+    if op == "silu_mul":     # [T,2I] read, [T,I] written; ~5 flops/out elt
+        return 5 * n, 3 * n * elt
+    if op == "rotary":       # q,k read+written, cos/sin (T*head_dim) read; 3 flops/elt
+        return 3 * n, 2 * n * elt
+    if op == "add":
+        return n, 3 * n * elt
+    if op == "copy":
+        return 0, 2 * n * elt
+    if op == "launch":
+        return 0, 0
+    raise KeyError(op)
+
+
+def estimate_points(quick: bool = False) -> dict[str, int]:
+    return {
+        "gemm_bf16": len(gemm_grid(quick)),
+        "gemm_fp8": len(gemm_fp8_grid(quick)),
+        "attn_prefill": len(PREFILL_SHAPES_QUICK if quick else PREFILL_SHAPES) * len(HEAD_CONFIGS),
+        "attn_decode": len(decode_grid(quick)),
+        "elementwise": len(elementwise_grid(quick)),
+    }
+
+
+if __name__ == "__main__":
+    print(estimate_points(False), estimate_points(True))
+    print(gemm_kn_pairs())

@@ -1,0 +1,522 @@
+"""Calibration runner: correctness checks, then timed shape grids -> CSVs + provenance.json.
+
+  python -m calibrate.run --gpu-name h100_sxm --out calibrate/data/h100_sxm [--quick]
+      [--ops gemm,attn_prefill,attn_decode,elementwise] [--backends triton,vendor] [--check-only]
+
+Timing: triton.testing.do_bench, median, with warm-up.  do_bench zeroes a 256 MB buffer before
+every timed call, so inputs and weights are never L2-resident between repetitions (the same
+effect as rotating input buffers).  Each op has a wall-time budget; points past it are skipped
+and counted in provenance.json.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+import triton
+import triton.testing
+
+from . import grids
+from .kernels import attn_decode, attn_prefill, elementwise, gemm
+
+WARMUP_MS, REP_MS = 5, 20
+TOL = {"bf16": 2e-2, "fp8": 6e-2}
+# wall-time budget (s) per op for the full grid; --quick uses the same caps
+BUDGET = {"gemm": 170, "attn_prefill": 60, "attn_decode": 60, "elementwise": 50}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def bench(fn) -> float:
+    """Median seconds of fn (device events, cold L2 each repetition)."""
+    return triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, return_mode="median") * 1e-3
+
+
+def nvsmi(query: str) -> str:
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return f"unavailable: {e}"
+
+
+class CsvOut:
+    def __init__(self, path, columns):
+        self.f = open(path, "w", newline="")
+        self.columns = columns
+        self.w = csv.DictWriter(self.f, fieldnames=columns)
+        self.w.writeheader()
+        self.n = 0
+
+    def row(self, **kw):
+        self.w.writerow({c: kw[c] for c in self.columns})
+        self.n += 1
+        if self.n % 50 == 0:
+            self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+class Budget:
+    def __init__(self, name, seconds):
+        self.name, self.seconds, self.t0, self.skipped = name, seconds, time.time(), 0
+
+    def over(self) -> bool:
+        if time.time() - self.t0 > self.seconds:
+            self.skipped += 1
+            return True
+        return False
+
+
+# ------------------------------------------------------------------------------ checks
+CHECKS = {
+    "gemm": lambda: gemm.check(),
+    "attn_prefill": lambda: attn_prefill.check(),
+    "attn_decode": lambda: attn_decode.check(),
+    "elementwise": lambda: elementwise.check(),
+}
+
+
+def run_checks(ops) -> dict:
+    results = {}
+    for op in ops:
+        t0 = time.time()
+        try:
+            torch.manual_seed(int(time.time() * 1e6) % 2**31)  # fresh inputs every run
+            errs = CHECKS[op]()
+            fails = {}
+            for k, v in errs.items():
+                tol = TOL["fp8"] if k.startswith("fp8") else TOL["bf16"]
+                if not (isinstance(v, float) and math.isfinite(v) and v < tol):
+                    fails[k] = v
+            results[op] = {"passed": not fails, "rel_err": errs, "failed": fails,
+                           "seconds": round(time.time() - t0, 2)}
+        except Exception as e:  # noqa: BLE001
+            results[op] = {"passed": False, "error": f"{type(e).__name__}: {e}",
+                           "traceback": traceback.format_exc()[-2000:],
+                           "seconds": round(time.time() - t0, 2)}
+        r = results[op]
+        worst = max(r.get("rel_err", {}).values(), default=float("nan"))
+        log(f"[check] {op:13s} {'PASS' if r['passed'] else 'FAIL'}  worst rel err {worst:.3e}  "
+            f"({r['seconds']} s) {r.get('error', '') or r.get('failed', '')}")
+    return results
+
+
+# ------------------------------------------------------------------------------ peaks
+def measure_peaks() -> dict:
+    out = {}
+    n = 1 << 30  # 1 Gi bf16 elements = 2 GiB
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    t = bench(lambda: dst.copy_(src))
+    out["copy_bytes"] = 2 * src.numel() * 2
+    out["copy_time_s"] = t
+    out["copy_bw_bytes_per_s"] = 2 * src.numel() * 2 / t
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+    t = bench(lambda: torch.matmul(a, b, out=c))
+    out["matmul_8192_time_s"] = t
+    out["matmul_bf16_flops_per_s"] = 2 * 8192**3 / t
+    del a, b, c
+    torch.cuda.empty_cache()
+    log(f"[peak] D2D copy {out['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s (read+write), "
+        f"bf16 matmul 8192^3 {out['matmul_bf16_flops_per_s'] / 1e12:.1f} TFLOP/s")
+    return out
+
+
+# ------------------------------------------------------------------------------ timing
+class Skips:
+    def __init__(self):
+        self.items: dict[str, int] = {}
+
+    def add(self, key):
+        self.items[key] = self.items.get(key, 0) + 1
+
+
+def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+    bud = Budget("gemm", BUDGET["gemm"])
+    for dtype, grid in (("bf16", grids.gemm_grid(quick)), ("fp8", grids.gemm_fp8_grid(quick))):
+        by_kn: dict[tuple[int, int], list[int]] = {}
+        for m, n, k in grid:
+            by_kn.setdefault((k, n), []).append(m)
+        for (k, n), ms in by_kn.items():
+            if bud.over():
+                skips.add(f"gemm_{dtype}_budget")
+                continue
+            mmax = max(ms)
+            a = torch.randn(mmax, k, device="cuda", dtype=torch.bfloat16)
+            c = torch.empty(mmax, n, device="cuda", dtype=torch.bfloat16)
+            if dtype == "bf16":
+                b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+            else:
+                wt = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+                a, sa = gemm.to_fp8(a)
+                b, sb = gemm.to_fp8(wt)
+                b = b.t()  # [K,N] view, K contiguous
+                del wt
+            for m in ms:
+                am, cm = a[:m], c[:m]
+                flops, byts = grids.gemm_flops_bytes(m, n, k, 2 if dtype == "bf16" else 1, 2)
+                for be in backends:
+                    if be == "triton" and not ok_triton:
+                        continue
+                    try:
+                        if dtype == "bf16":
+                            fn = (lambda: gemm.matmul(am, b, cm)) if be == "triton" else \
+                                 (lambda: torch.matmul(am, b, out=cm))
+                        else:
+                            fn = (lambda: gemm.matmul_fp8(am, b, sa, sb, cm)) if be == "triton" else \
+                                 (lambda: torch._scaled_mm(am, b, scale_a=sa, scale_b=sb,
+                                                           out_dtype=torch.bfloat16))
+                        t = bench(fn)
+                    except Exception as e:  # noqa: BLE001
+                        skips.add(f"gemm_{dtype}_{be}: {type(e).__name__}: {str(e)[:120]}")
+                        continue
+                    w.row(op="gemm", backend=be, dtype=dtype, m=m, n=n, k=k, time_s=f"{t:.6e}",
+                          flops=flops, bytes=byts)
+            log(f"[gemm] {dtype} K={k} N={n} M={ms[0]}..{ms[-1]} done "
+                f"({time.time() - bud.t0:.0f} s)")
+            del a, b, c
+    torch.cuda.empty_cache()
+
+
+def _sdpa_ctx():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                        SDPBackend.EFFICIENT_ATTENTION])
+
+
+def _vendor_prefill(q4, k4, v4, sq, skv):
+    """SDPA on [B,H,S,D] views (memory [B,S,H,D]); causal bottom-right for chunked."""
+    import torch.nn.functional as F
+    if sq == skv:
+        return lambda: F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, enable_gqa=True)
+    from torch.nn.attention.bias import causal_lower_right
+    bias = causal_lower_right(sq, skv)
+    return lambda: F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, enable_gqa=True)
+
+
+def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+    bud = Budget("attn_prefill", BUDGET["attn_prefill"])
+    shapes = grids.PREFILL_SHAPES_QUICK if quick else grids.PREFILL_SHAPES
+    for h, kvh, d in grids.HEAD_CONFIGS:
+        for bsz, sq, skv in shapes:
+            if bud.over():
+                skips.add("attn_prefill_budget")
+                continue
+            q, k, v, cu_q, cu_k = attn_prefill.make_inputs([sq] * bsz, [skv] * bsz, h, kvh, d)
+            o = torch.empty_like(q)
+            flops, byts = grids.prefill_flops_bytes(bsz, sq, skv, h, kvh, d)
+            for be in backends:
+                if be == "triton" and not ok_triton:
+                    continue
+                try:
+                    if be == "triton":
+                        fn = lambda: attn_prefill.prefill_attention(q, k, v, cu_q, cu_k, sq, o)  # noqa: E731
+                        t = bench(fn)
+                    else:
+                        q4 = q.view(bsz, sq, h, d).transpose(1, 2)
+                        k4 = k.view(bsz, skv, kvh, d).transpose(1, 2)
+                        v4 = v.view(bsz, skv, kvh, d).transpose(1, 2)
+                        with _sdpa_ctx():
+                            fn = _vendor_prefill(q4, k4, v4, sq, skv)
+                            try:
+                                t = bench(fn)
+                            except Exception:  # noqa: BLE001  (no GQA path: repeat kv heads)
+                                skips.add("attn_prefill_vendor_gqa_fallback_repeat_kv")
+                                k4 = k4.repeat_interleave(h // kvh, 1)
+                                v4 = v4.repeat_interleave(h // kvh, 1)
+                                fn = _vendor_prefill(q4, k4, v4, sq, skv)
+                                t = bench(fn)
+                except Exception as e:  # noqa: BLE001
+                    skips.add(f"attn_prefill_{be}: {type(e).__name__}: {str(e)[:120]}")
+                    continue
+                w.row(op="attn_prefill", backend=be, dtype="bf16", batch=bsz, seq_q=sq, seq_kv=skv,
+                      heads=h, kv_heads=kvh, head_dim=d, time_s=f"{t:.6e}", flops=flops, bytes=byts)
+            del q, k, v, o
+        log(f"[attn_prefill] heads={h} kv={kvh} d={d} done ({time.time() - bud.t0:.0f} s)")
+    torch.cuda.empty_cache()
+
+
+def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+    import torch.nn.functional as F
+    bud = Budget("attn_decode", BUDGET["attn_decode"])
+    page = grids.BLOCK_SIZE
+    pts = grids.decode_grid(quick)
+    for h, kvh, d in grids.HEAD_CONFIGS:
+        mine = [(b, c) for (hh, kk, dd, b, c) in pts if (hh, kk, dd) == (h, kvh, d)]
+        if not mine:
+            continue
+        nblocks = max(b * triton.cdiv(c, page) for b, c in mine) + 16
+        kpool = torch.randn(nblocks, page, kvh, d, device="cuda", dtype=torch.bfloat16)
+        vpool = torch.randn(nblocks, page, kvh, d, device="cuda", dtype=torch.bfloat16)
+        scratch = (torch.empty(512 * h * 64 * d, device="cuda", dtype=torch.float32),
+                   torch.empty(512 * h * 64 * 2, device="cuda", dtype=torch.float32))
+        for b, c in mine:
+            if bud.over():
+                skips.add("attn_decode_budget")
+                continue
+            nb = triton.cdiv(c, page)
+            table = torch.randperm(nblocks, device="cuda")[: b * nb].to(torch.int32).view(b, nb)
+            lens = torch.full((b,), c, device="cuda", dtype=torch.int32)
+            q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16)
+            o = torch.empty_like(q)
+            flops, byts = grids.decode_flops_bytes(b, c, h, kvh, d)
+            for be in backends:
+                if be == "triton" and not ok_triton:
+                    continue
+                try:
+                    if be == "triton":
+                        fn = lambda: attn_decode.decode_attention(q, kpool, vpool, table, lens, c, o,  # noqa: E731
+                                                                  scratch=scratch)
+                    else:
+                        n_el = b * kvh * c * d
+                        k4 = kpool.view(-1)[:n_el].view(b, kvh, c, d)
+                        v4 = vpool.view(-1)[:n_el].view(b, kvh, c, d)
+                        q4 = q.view(b, h, 1, d)
+                        fn = lambda: F.scaled_dot_product_attention(q4, k4, v4, enable_gqa=True)  # noqa: E731
+                    if be == "vendor":
+                        with _sdpa_ctx():
+                            t = bench(fn)
+                    else:
+                        t = bench(fn)
+                except Exception as e:  # noqa: BLE001
+                    skips.add(f"attn_decode_{be}: {type(e).__name__}: {str(e)[:120]}")
+                    continue
+                w.row(op="attn_decode", backend=be, dtype="bf16", batch=b, context=c, heads=h,
+                      kv_heads=kvh, head_dim=d, block_size=page, time_s=f"{t:.6e}", flops=flops,
+                      bytes=byts)
+        log(f"[attn_decode] heads={h} kv={kvh} d={d}: {len(mine)} points "
+            f"({time.time() - bud.t0:.0f} s)")
+        del kpool, vpool, scratch
+        torch.cuda.empty_cache()
+
+
+def time_launch(w: CsvOut, skips: Skips):
+    x = torch.zeros(1, device="cuda")
+    elementwise.empty_launch(x)
+    torch.cuda.synchronize()
+    n = 2000
+    rows = []
+    for _ in range(2):  # second pass is the one kept (first warms caches/allocator)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            elementwise.empty_launch(x)
+        torch.cuda.synchronize()
+        t_tri = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x.add_(1.0)
+        torch.cuda.synchronize()
+        t_torch = (time.perf_counter() - t0) / n
+    rows.append(("triton_host", t_tri))
+    rows.append(("vendor_host", t_torch))
+    rows.append(("triton_gpu", bench(lambda: elementwise.empty_launch(x))))
+    try:
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                elementwise.empty_launch(x)
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            for _ in range(100):
+                elementwise.empty_launch(x)
+        g.replay()
+        torch.cuda.synchronize()
+        rows.append(("graph", bench(g.replay) / 100))
+    except Exception as e:  # noqa: BLE001
+        skips.add(f"launch_graph: {type(e).__name__}: {str(e)[:120]}")
+    for be, t in rows:
+        w.row(op="launch", backend=be, dtype="none", tokens=0, hidden=0, time_s=f"{t:.6e}",
+              flops=0, bytes=0)
+        log(f"[launch] {be:12s} {t * 1e6:.2f} us")
+
+
+def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+    import torch.nn.functional as F
+    bud = Budget("elementwise", BUDGET["elementwise"])
+    time_launch(w, skips)
+    has_rms = hasattr(F, "rms_norm")
+    cs_cache = {}
+    for op, t_, hid in grids.elementwise_grid(quick):
+        if bud.over():
+            skips.add("elementwise_budget")
+            continue
+        flops, byts = grids.elementwise_flops_bytes(op, t_, hid)
+        bf = torch.bfloat16
+        if op in ("rmsnorm", "add", "copy"):
+            x = torch.randn(t_, hid, device="cuda", dtype=bf)
+            y = torch.randn(t_, hid, device="cuda", dtype=bf)
+            o = torch.empty_like(x)
+            wgt = torch.rand(hid, device="cuda", dtype=bf) + 0.5
+        elif op == "silu_mul":
+            x = torch.randn(t_, 2 * hid, device="cuda", dtype=bf)
+            o = torch.empty(t_, hid, device="cuda", dtype=bf)
+        else:  # rotary
+            h, kvh, d = grids.rotary_head_config(hid)
+            q = torch.randn(t_, h, d, device="cuda", dtype=bf)
+            k = torch.randn(t_, kvh, d, device="cuda", dtype=bf)
+            qo, ko = torch.empty_like(q), torch.empty_like(k)
+            if d not in cs_cache:
+                cs_cache[d] = elementwise.rope_cache(32768, d)
+            cs = cs_cache[d]
+            pos = torch.randint(0, 32768, (t_,), device="cuda", dtype=torch.int32)
+        for be in backends:
+            if op == "copy" and be != "vendor":
+                continue
+            if be == "triton" and not ok_triton:
+                continue
+            try:
+                if be == "triton":
+                    fn = {
+                        "rmsnorm": lambda: elementwise.rmsnorm(x, wgt, 1e-6, o),
+                        "add": lambda: elementwise.add(x, y, o),
+                        "silu_mul": lambda: elementwise.silu_mul(x, o),
+                        "rotary": lambda: elementwise.rotary(q, k, pos, cs, qo, ko),
+                    }[op]
+                else:
+                    if op == "rmsnorm":
+                        fn = (lambda: F.rms_norm(x, (hid,), wgt, 1e-6)) if has_rms else \
+                             (lambda: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True)
+                                                               + 1e-6)).to(bf) * wgt)
+                    elif op == "add":
+                        fn = lambda: torch.add(x, y, out=o)  # noqa: E731
+                    elif op == "copy":
+                        fn = lambda: o.copy_(x)  # noqa: E731
+                    elif op == "silu_mul":
+                        fn = lambda: F.silu(x[:, :hid]) * x[:, hid:]  # noqa: E731
+                    else:
+                        fn = lambda: elementwise.rotary_torch(q, k, pos, cs)  # noqa: E731
+                t = bench(fn)
+            except Exception as e:  # noqa: BLE001
+                skips.add(f"elementwise_{op}_{be}: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            w.row(op=op, backend=be, dtype="bf16", tokens=t_, hidden=hid, time_s=f"{t:.6e}",
+                  flops=flops, bytes=byts)
+    log(f"[elementwise] done ({time.time() - bud.t0:.0f} s)")
+    torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------ summary
+def summarize(out_dir, ops):
+    import collections
+    log("\n=== summary (best achieved per op/backend/dtype) ===")
+    log(f"{'file':14s} {'backend':12s} {'dtype':5s} {'rows':>5s} {'best TFLOP/s':>12s} "
+        f"{'best TB/s':>9s}")
+    for op in ops:
+        path = os.path.join(out_dir, f"{op}.csv")
+        if not os.path.exists(path):
+            continue
+        agg = collections.defaultdict(lambda: [0, 0.0, 0.0])
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                if r["op"] == "launch":
+                    continue
+                key = (r["backend"], r["dtype"])
+                t = float(r["time_s"])
+                a = agg[key]
+                a[0] += 1
+                a[1] = max(a[1], float(r["flops"]) / t / 1e12)
+                a[2] = max(a[2], float(r["bytes"]) / t / 1e12)
+        for (be, dt), (n, fl, bw) in sorted(agg.items()):
+            log(f"{op:14s} {be:12s} {dt:5s} {n:5d} {fl:12.1f} {bw:9.2f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--gpu-name", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--ops", default=",".join(grids.OPS))
+    p.add_argument("--backends", default="triton,vendor")
+    p.add_argument("--check-only", action="store_true")
+    p.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply every op's wall-time budget")
+    args = p.parse_args(argv)
+    t_start = time.time()
+    ops = [o for o in args.ops.split(",") if o]
+    backends = [b for b in args.backends.split(",") if b]
+    for o in ops:
+        if o not in grids.OPS:
+            p.error(f"unknown op {o}")
+    for k in BUDGET:
+        BUDGET[k] *= args.budget_scale
+    global WARMUP_MS, REP_MS
+    if args.quick:
+        WARMUP_MS, REP_MS = 3, 10
+    os.makedirs(args.out, exist_ok=True)
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    props = torch.cuda.get_device_properties(0)
+    prov = {
+        "gpu_name_arg": args.gpu_name,
+        "device_name": props.name,
+        "num_sms": props.multi_processor_count,
+        "memory_bytes": props.total_memory,
+        "l2_cache_bytes": getattr(props, "L2_cache_size", None),
+        "compute_capability": f"{props.major}.{props.minor}",
+        "nvidia_smi": nvsmi("name,driver_version,memory.total,power.limit,pstate"),
+        "cuda_runtime": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "hostname": socket.gethostname(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable, "-m", "calibrate.run"] + (argv or sys.argv[1:])),
+        "clocks_before": nvsmi("clocks.sm,clocks.mem,clocks.max.sm"),
+        "timing": {"method": "triton.testing.do_bench median (L2 flushed before each rep)",
+                   "warmup_ms": WARMUP_MS, "rep_ms": REP_MS},
+        "quick": args.quick,
+        "ops": ops, "backends": backends,
+    }
+    log(f"[info] {props.name} SMs={props.multi_processor_count} torch {torch.__version__} "
+        f"triton {triton.__version__} cuda {torch.version.cuda}")
+    checks = run_checks(ops)
+    prov["checks"] = checks
+    skips = Skips()
+    if not args.check_only:
+        prov["peaks"] = measure_peaks()
+        timers = {"gemm": time_gemm, "attn_prefill": time_prefill, "attn_decode": time_decode,
+                  "elementwise": time_elementwise}
+        for op in ops:
+            w = CsvOut(os.path.join(args.out, f"{op}.csv"), grids.COLUMNS[op])
+            t0 = time.time()
+            try:
+                timers[op](w, backends, checks[op]["passed"], args.quick, skips)
+            except Exception as e:  # noqa: BLE001
+                skips.add(f"{op}_aborted: {type(e).__name__}: {str(e)[:200]}")
+                log(traceback.format_exc())
+            w.close()
+            prov.setdefault("op_seconds", {})[op] = round(time.time() - t0, 1)
+            log(f"[time] {op}: {w.n} rows in {time.time() - t0:.1f} s")
+    prov["skipped"] = skips.items
+    prov["clocks_after"] = nvsmi("clocks.sm,clocks.mem,clocks.max.sm")
+    prov["wall_time_s"] = round(time.time() - t_start, 1)
+    with open(os.path.join(args.out, "provenance.json"), "w") as f:
+        json.dump(prov, f, indent=2, default=str)
+    if not args.check_only:
+        summarize(args.out, ops)
+    if skips.items:
+        log("[skipped] " + json.dumps(skips.items, indent=1))
+    log(f"[done] wall {prov['wall_time_s']} s -> {args.out}")
+    return 0 if all(c["passed"] for c in checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
