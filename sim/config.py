@@ -124,6 +124,7 @@ class SimConfig:
     cost_model: CostConfig = field(default_factory=CostConfig)
     slo: SLOConfig | None = None
     seed: int = field(default=0, metadata=_c(ge=0))
+    fast_forward: bool = field(default=True, metadata=_c(doc="fast-forward pure-decode runs (same results, faster)"))
     base_dir: str = field(default=".", metadata=_c(doc="where relative paths resolve (set by the loader)"))
 
 

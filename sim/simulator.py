@@ -90,7 +90,7 @@ def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None)
 
     env = simpy.Environment()
     rec = Recorder(num_blocks)
-    sched = Scheduler(KVManager(BlockPool(num_blocks, eng.block_size_tokens)), eng.max_num_seqs,
+    sched = Scheduler(KVManager(BlockPool(num_blocks, eng.block_size_tokens, prefix_caching=False)), eng.max_num_seqs,
                       eng.max_num_batched_tokens, eng.enable_chunked_prefill)
     max_model_len = eng.max_model_len or model.max_position_embeddings
     total = len(stream.prompt_tokens) if not (stream.closed and stream.more_lengths) else None
@@ -99,6 +99,7 @@ def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None)
     source = _ClosedLoopSource(env, stream) if stream.closed else None
     replica = Replica(env, 0, sched, cost, rec, max_model_len,
                       on_finish=source.on_finish if source else None)
+    replica.fast_forward = cfg.fast_forward
     if source:
         source.start(replica)
     else:
@@ -118,9 +119,11 @@ def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> 
 def _open_loop(env: simpy.Environment, replica: Replica, stream: RequestStream):
     times = stream.arrival_s.tolist()
     for i, t in enumerate(times):
+        replica.horizon_s = t
         if t > env.now:
             yield env.timeout(t - env.now)
         replica.submit(_make_request(stream, i, env.now))
+    replica.horizon_s = float("inf")
 
 
 class _ClosedLoopSource:

@@ -14,7 +14,7 @@ as eager), overlap of host work with GPU work, LoRA, quantization scale math.
 from __future__ import annotations
 
 from sim.cost.base import BatchShape, StepTime, cost_models
-from sim.cost.ops import AttnDecode, AttnPrefill, Elementwise, Gemm, affine_roofline_s, op_time
+from sim.cost.ops import AttnPrefill, Elementwise, Gemm, affine_roofline_s
 from sim.hardware import HardwareProfile
 from sim.model_spec import ModelSpec
 
@@ -41,6 +41,7 @@ class RooflineCost:
                              (m.hidden_size, 2 * m.intermediate_size),
                              (m.intermediate_size, m.hidden_size)]
         self._dense_cache: dict[tuple[int, int], tuple[float, float]] = {}
+        self._effs = {kind: hardware.op_efficiency(kind, self.backend) for kind in ("gemm", "elementwise")}
         # decode attention: constants of the affine roofline, hoisted out of the hot path
         eff = hardware.op_efficiency("attn_decode", self.backend)
         self._dec_eff = eff
@@ -50,29 +51,43 @@ class RooflineCost:
         self._q_o_bytes_per_req = 2 * m.q_size * 2
 
     # -- parts -------------------------------------------------------------------------
+    def _op_s(self, kind: str, flops: float, bytes_: float) -> float:
+        """Affine roofline of one launch (sim.cost.ops.affine_roofline_s without lookups)."""
+        eff, peak, bw = self._effs[kind], self._peak, self._bw
+        t_c = (flops + eff.fixed_flops) / (peak * eff.compute_frac) if flops > 0 else 0.0
+        t_m = (bytes_ + eff.fixed_bytes) / (bw * eff.bandwidth_frac)
+        t = t_c if t_c > t_m else t_m
+        if eff.corr_log2_x:
+            t *= eff.correction(max(flops / peak, bytes_ / bw) * 1e9)
+        return t + eff.launch_s
+
     def _dense(self, tokens: int, sampled: int) -> tuple[float, float]:
         """(gemm seconds, other seconds) for everything but attention; cached by shape."""
         key = (tokens, sampled)
         hit = self._dense_cache.get(key)
         if hit is not None:
             return hit
-        m, hw, be, dt = self.model, self.hw, self.backend, self.dtype
+        m, dt, op = self.model, self.dtype, self._op_s
         L = m.num_layers
-        gemm = 0.0
+        gemm = other = 0.0
         if tokens:
-            gemm = L * sum(op_time(hw, Gemm(tokens, n, k, dt), be) for k, n in self._layer_gemms)
-            other = L * (2 * op_time(hw, Elementwise("rmsnorm", tokens, m.hidden_size), be)
-                         + op_time(hw, Elementwise("rotary", tokens, m.q_size + m.kv_size), be)
-                         + op_time(hw, Elementwise("silu_mul", tokens, m.intermediate_size), be)
-                         + 2 * op_time(hw, Elementwise("add", tokens, m.hidden_size), be))
-            other += op_time(hw, Elementwise("copy", tokens, m.hidden_size), be)  # embedding gather
-            other += op_time(hw, Elementwise("rmsnorm", tokens, m.hidden_size), be)
-        else:
-            other = 0.0
+            for k, n in self._layer_gemms:
+                g = Gemm(tokens, n, k, dt)
+                gemm += L * op("gemm", g.flops(), g.bytes())
+            ew = [Elementwise("rmsnorm", tokens, m.hidden_size, dt)] * 2 + [
+                Elementwise("rotary", tokens, m.q_size + m.kv_size, dt),
+                Elementwise("silu_mul", tokens, m.intermediate_size, dt)] + [
+                Elementwise("add", tokens, m.hidden_size, dt)] * 2
+            other = L * sum(op("elementwise", e.flops(), e.bytes()) for e in ew)
+            for e in (Elementwise("copy", tokens, m.hidden_size, dt),      # embedding gather
+                      Elementwise("rmsnorm", tokens, m.hidden_size, dt)):  # final norm
+                other += op("elementwise", e.flops(), e.bytes())
         if sampled:
-            gemm += op_time(hw, Gemm(sampled, m.vocab_size, m.hidden_size, dt), be)
+            g = Gemm(sampled, m.vocab_size, m.hidden_size, dt)
+            gemm += op("gemm", g.flops(), g.bytes())
             # logits to fp32, softmax/top-p over the vocabulary: read+write of [sampled, vocab] fp32
-            other += op_time(hw, Elementwise("copy", sampled, 2 * m.vocab_size), be)
+            e = Elementwise("copy", sampled, 2 * m.vocab_size, dt)
+            other += op("elementwise", e.flops(), e.bytes())
         out = (gemm, other)
         if len(self._dense_cache) < _CACHE_LIMIT:
             self._dense_cache[key] = out
@@ -95,6 +110,34 @@ class RooflineCost:
         t_m = (bytes_ + eff.fixed_bytes) / (self._bw * eff.bandwidth_frac)
         ideal_ns = max(flops / self._peak, bytes_ / self._bw) * 1e9
         return m.num_layers * (max(t_c, t_m) * eff.correction(ideal_ns) + eff.launch_s)
+
+    def decode_run(self, n: int, context_sum: int, k: int) -> tuple[list[float], StepTime]:
+        """Attention seconds of k pure-decode steps (context grows by n per step) + the fixed parts.
+
+        The same arithmetic as ``step_time`` step by step, hoisted for fast-forwarding.
+        """
+        gemm, other = self._dense(n, n)
+        m, eff = self.model, self._dec_eff
+        L, launch = m.num_layers, eff.launch_s
+        fc = 4.0 * m.num_heads * m.head_dim
+        kvb, qo = self._kv_bytes_tok_layer, n * self._q_o_bytes_per_req
+        pc, bwb = self._peak * eff.compute_frac, self._bw * eff.bandwidth_frac
+        peak, bw = self._peak, self._bw
+        ff, fb, corr = eff.fixed_flops, eff.fixed_bytes, eff.correction
+        has_corr = bool(eff.corr_log2_x)
+        attn = []
+        ctx = context_sum
+        for _ in range(k):
+            flops = fc * ctx
+            bytes_ = ctx * kvb + qo
+            t_c = (flops + ff) / pc
+            t_m = (bytes_ + fb) / bwb
+            t = t_c if t_c > t_m else t_m
+            if has_corr:
+                t *= corr(max(flops / peak, bytes_ / bw) * 1e9)
+            attn.append(L * (t + launch))
+            ctx += n
+        return attn, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
 
     # -- interface ---------------------------------------------------------------------
     def step_time(self, shape: BatchShape) -> StepTime:

@@ -11,11 +11,14 @@ scheduling), streaming detokenization.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from typing import Callable
 
 import simpy
 
-from sim.cost.base import CostModel
+from sim.cost.base import BatchShape, CostModel
 from sim.engine.request import REJECTED, Request
 from sim.engine.scheduler import Scheduler
 from sim.metrics.records import Recorder
@@ -36,6 +39,10 @@ class Replica:
         self.capacity_tokens = scheduler.kv.pool.num_blocks * scheduler.kv.block_size
         self.on_finish_cb = on_finish
         self._wake: simpy.Event | None = None
+        self.horizon_s = float("inf")  # no external submit() happens before this time (set by the source)
+        self.fast_forward = True
+        self.max_run_steps = 4096
+        self._decode_run_cost = getattr(cost, "decode_run", None)
         self.process = env.process(self._loop())
 
     # -- input -----------------------------------------------------------------------------
@@ -59,6 +66,43 @@ class Replica:
         if self.on_finish_cb:
             self.on_finish_cb(r)
 
+    def _decode_run(self, k: int):
+        """Fast-forward up to ``k`` pure-decode steps with one simpy event.
+
+        Steps are priced one by one (the decode context grows every step) and stop at the
+        first step that would start at or after the next external arrival, so the result
+        is the same as stepping: same step times (summed in the same order), same block
+        ids, same records.
+        """
+        env, sched = self.env, self.scheduler
+        n = sched.num_decoding
+        ctx0 = sched.decode_computed_sum + n
+        if self._decode_run_cost is not None:
+            attn, fixed = self._decode_run_cost(n, ctx0, k)
+            g, o, h = fixed.gemm_s, fixed.other_s, fixed.host_s
+            totals = [g + a + o + h for a in attn]  # the order step_time() adds them in
+        else:
+            steps = [self.cost.step_time(BatchShape([], n, ctx0 + j * n, n)) for j in range(k)]
+            totals = [st.total_s for st in steps]
+            attn = [st.attn_s for st in steps]
+            fixed = steps[0]
+        # start times by sequential addition, as stepping's timeouts would add them
+        ends = list(itertools.accumulate(totals, initial=env.now))
+        starts = ends[:-1]
+        k = max(1, bisect.bisect_left(starts, self.horizon_s))  # steps that start before the next arrival
+        del starts[k:], totals[k:], attn[k:]
+        end = ends[k]
+        used = sched.decode_run_allocate(k)
+        self.recorder.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
+                                 len(sched.running), len(sched.waiting), used)
+        delay = end - env.now
+        while env.now + delay < end:
+            delay = math.nextafter(delay, math.inf)
+        while env.now + delay > end:
+            delay = math.nextafter(delay, -math.inf)
+        yield env.timeout(delay)
+        sched.decode_run_complete(k, env.now, self._finished)
+
     # -- the engine loop -------------------------------------------------------------------
     def _loop(self):
         env, sched, cost, rec = self.env, self.scheduler, self.cost, self.recorder
@@ -70,6 +114,11 @@ class Replica:
                 yield self._wake
                 self._wake = None
                 continue
+            if self.fast_forward:
+                k = sched.decode_run_length(self.max_run_steps)
+                if k >= 2:
+                    yield from self._decode_run(k)
+                    continue
             plan = sched.schedule(env.now)
             if not plan.prefills and not plan.num_decode:
                 # nothing fits (e.g. all blocks held by waiting-for-memory state): should not

@@ -207,6 +207,64 @@ class Scheduler:
         r.last_token_s = now
         on_finish(r)
 
+    # -- fast-forward of pure decode runs ------------------------------------------------
+    def decode_run_length(self, limit: int) -> int:
+        """How many next steps are pure steady decode with nothing else able to happen.
+
+        Such a run has no prefill, no admission (queue empty, or the sequence cap reached),
+        no preemption (the blocks it needs fit in the free pool) and at most one completion
+        point, its last step. The caller bounds it further by the next external arrival.
+        """
+        if self.prefilling or not self.num_decoding:
+            return 0
+        if self.waiting and len(self.running) < self.max_num_seqs and not self._head_blocked():
+            return 0
+        heap = self._finish_heap
+        while heap and (heap[0][2].finish_step != heap[0][0] or heap[0][2].decode_bucket < 0):
+            heapq.heappop(heap)
+        k = min(limit, heap[0][0] - self.step) if heap else limit
+        free, cum, bs, buckets, s = self.kv.pool.num_free, 0, self.bs, self.buckets, self.step
+        for j in range(k):
+            c = len(buckets[(-(s + j)) % bs])
+            if cum + c > free:
+                return j
+            cum += c
+        return k
+
+    def _head_blocked(self) -> bool:
+        """The queue head cannot be admitted for lack of blocks (and free blocks only shrink
+        during a decode run, so it stays blocked until something finishes)."""
+        r = self.waiting[0]
+        budget = self.max_num_batched_tokens - self.num_decoding
+        if budget <= 0:
+            return True
+        remaining = r.num_tokens - r.num_computed
+        if remaining > budget and not self.chunked:
+            return True
+        n = remaining if remaining <= budget else budget
+        return self.kv.extra_blocks(r, r.num_computed + n) > self.kv.pool.num_free
+
+    def decode_run_allocate(self, k: int) -> list[int]:
+        """Allocate the blocks of a k-step decode run, in stepping order; used blocks after each step."""
+        pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
+        used_now = pool.num_used
+        used = []
+        for j in range(k):
+            bucket = buckets[(-(s + j)) % bs]
+            if bucket:
+                for r, b in zip(bucket.values(), pool.allocate(len(bucket))):
+                    r.blocks.append(b)
+                used_now += len(bucket)
+            used.append(used_now)
+        return used
+
+    def decode_run_complete(self, k: int, now: float, on_finish) -> None:
+        """Apply a k-step decode run ending at ``now`` (completions happen at its last step)."""
+        self.step += k - 1
+        self.decode_computed_sum += self.num_decoding * (k - 1)
+        plan = StepPlan()
+        self.complete(plan, now, on_finish)
+
     # -- invariants for tests ------------------------------------------------------------
     def check(self) -> None:
         pool = self.kv.pool

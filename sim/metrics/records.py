@@ -31,6 +31,9 @@ class Recorder:
         self.requests: list[tuple] = []
         self.iterations: list[tuple] = []
         self.extra_itl_s: list[float] = []
+        # fast-forwarded decode runs, column-wise (prefill and preemption columns are zero)
+        self._run_cols: dict[str, list] = {c: [] for c in ITERATION_COLUMNS
+                                           if c not in ("num_prefill_reqs", "num_prefill_tokens", "num_preempted")}
         self.num_done = 0
         self.progress = None  # optional callable(num_done)
 
@@ -52,6 +55,35 @@ class Recorder:
                                 kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
                                 st.comm_s, st.host_s))
 
+    def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
+                   fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
+                   kv_used: list[int]) -> None:
+        """k pure-decode iterations at once (the same rows as k calls of ``iteration``)."""
+        k = len(starts)
+        c = self._run_cols
+        c["replica"].extend([replica] * k)
+        c["start_s"].extend(starts)
+        c["step_s"].extend(totals)
+        c["num_decode"].extend([n] * k)
+        c["decode_context_sum"].extend(range(context_sum, context_sum + n * k, n) if n else [context_sum] * k)
+        c["num_running"].extend([num_running] * k)
+        c["num_waiting"].extend([num_waiting] * k)
+        c["kv_used_blocks"].extend(kv_used)
+        c["gemm_s"].extend([fixed.gemm_s] * k)
+        c["attn_s"].extend(attn)
+        c["other_s"].extend([fixed.other_s] * k)
+        c["comm_s"].extend([fixed.comm_s] * k)
+        c["host_s"].extend([fixed.host_s] * k)
+
+    def _run_frame(self) -> pd.DataFrame | None:
+        c = self._run_cols
+        k = len(c["start_s"])
+        if not k:
+            return None
+        zeros = np.zeros(k, np.int64)
+        data = {col: (c[col] if col in c else zeros) for col in ITERATION_COLUMNS}
+        return pd.DataFrame(data, columns=ITERATION_COLUMNS)
+
     def requests_frame(self) -> pd.DataFrame:
         df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
         df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
@@ -67,5 +99,11 @@ class Recorder:
 
     def iterations_frame(self) -> pd.DataFrame:
         df = pd.DataFrame.from_records(self.iterations, columns=ITERATION_COLUMNS)
+        runs = self._run_frame()
+        if runs is not None:
+            df = pd.concat([df, runs], ignore_index=True) if len(df) else runs
+            df = df.sort_values(["replica", "start_s"], kind="stable").reset_index(drop=True)
+        df = df.astype({c: "int64" for c in ITERATION_COLUMNS if c.startswith("num_") or c in
+                        ("replica", "decode_context_sum", "kv_used_blocks")})
         df["kv_usage_frac"] = df["kv_used_blocks"] / self.kv_blocks_total
         return df

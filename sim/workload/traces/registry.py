@@ -32,7 +32,7 @@ def detect_format(path: Path, has_columns: bool = False) -> str:
         if "azurellminferencetrace" in name or {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= set(head):
             return "azure"
         if {"num_prefill_tokens", "num_decode_tokens"} <= set(head):
-            return "lengths"
+            return "sharegpt" if "sharegpt" in name else "arxiv" if "arxiv" in name else "lengths"
         if has_columns:
             return "csv"
     elif name.endswith((".jsonl", ".json")):

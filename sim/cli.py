@@ -1,0 +1,210 @@
+"""The ``servesim`` command line: thin wrappers over the library.
+
+Commands: ``run`` (one simulation), ``models`` and ``hardware`` (what ships), ``cost``
+(op-level predictions), ``trace`` (trace statistics), ``calibrate`` (fit profiles from
+measurements). Every configuration problem is a one-line error and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from sim.config import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="servesim: simulate LLM serving on GPUs you have not bought yet.")
+cost_app = typer.Typer(no_args_is_help=True, help="Predict the time of one GPU op (seconds).")
+app.add_typer(cost_app, name="cost")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Turn configuration errors into one-line messages instead of tracebacks."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except ConfigError as e:
+            _fail(str(e))
+        except FileNotFoundError as e:
+            _fail(f"{e.filename}: no such file")
+    return wrapper
+
+
+@app.command()
+@_guard
+def run(config: Path = typer.Argument(..., help="simulation YAML"),
+        set_: List[str] = typer.Option([], "--set", help="override, e.g. --set engine.max_num_seqs=128 (value is YAML)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="write summary.json, requests/iterations parquet, resolved config"),
+        json_: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
+    """Run one simulation and print its summary."""
+    from sim.config import load_config
+    from sim.simulator import simulate
+
+    cfg = load_config(config, set_ or None)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    cb = None
+    if show:
+        from tqdm import tqdm
+        bar = tqdm(unit="req", desc="simulating", file=sys.stderr)
+
+        def cb(n, total):
+            bar.total = total
+            bar.n = n
+            bar.refresh()
+    try:
+        res = simulate(cfg, cb)
+    except ConfigError as e:
+        raise (e if e.source else e.with_source(str(config))) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if out is not None:
+        res.save(out)
+    if json_:
+        typer.echo(json.dumps(res.summary(), indent=2))
+    else:
+        typer.echo(f"{cfg.model} on {cfg.hardware} (efficiency: {res.info['efficiency_source'].split(':')[0]}), "
+                   f"KV capacity {res.info['kv_capacity_tokens']:,} tokens")
+        typer.echo(res.format())
+        if out is not None:
+            typer.echo(f"results written to {out}/")
+
+
+@app.command()
+@_guard
+def models(json_: bool = typer.Option(False, "--json")):
+    """List the models that ship (or give a path to an HF config.json)."""
+    from sim.model_spec import load_model, shipped_models
+
+    rows = [load_model(n).summary() for n in shipped_models()]
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'name':<16}{'params(B)':>10}{'weights(GB)':>12}{'KV(kB/tok)':>11}{'layers':>7}{'heads/kv':>10}")
+    for r in rows:
+        typer.echo(f"{r['name']:<16}{r['params_b']:>10.2f}{r['weight_gb']:>12.1f}{r['kv_kb_per_token']:>11.1f}"
+                   f"{r['layers']:>7}{str(r['heads']) + '/' + str(r['kv_heads']):>10}")
+
+
+@app.command()
+@_guard
+def hardware(json_: bool = typer.Option(False, "--json")):
+    """List the GPU profiles that ship, with their datasheet peaks and calibration state."""
+    from sim.hardware import load_hardware, shipped_hardware
+
+    rows = []
+    for n in shipped_hardware():
+        h = load_hardware(n)
+        rows.append({"name": n, "display_name": h.display_name, "memory_gb": round(h.memory_bytes / 1e9, 1),
+                     "bandwidth_tb_per_s": h.memory_bandwidth_bytes_per_s / 1e12,
+                     "bf16_tflops": h.peak_flops("bf16") / 1e12,
+                     "fp8_tflops": h.peak_flops_per_s.get("fp8", 0) / 1e12 or None,
+                     "calibrated": not h.efficiency_source.startswith("default")})
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'name':<14}{'memory(GB)':>11}{'HBM(TB/s)':>10}{'bf16(TF)':>9}{'fp8(TF)':>9}  calibrated  GPU")
+    for r in rows:
+        fp8 = f"{r['fp8_tflops']:.0f}" if r["fp8_tflops"] else "-"
+        typer.echo(f"{r['name']:<14}{r['memory_gb']:>11.1f}{r['bandwidth_tb_per_s']:>10.2f}{r['bf16_tflops']:>9.0f}"
+                   f"{fp8:>9}  {'yes' if r['calibrated'] else 'no':<10}  {r['display_name']}")
+
+
+def _print_op(hw_name: str, op, backend: Optional[str], json_: bool) -> None:
+    from sim.cost.ops import op_time_breakdown
+    from sim.hardware import load_hardware
+
+    hw = load_hardware(hw_name)
+    b = op_time_breakdown(hw, op, backend)
+    if json_:
+        typer.echo(json.dumps({**b, "hardware": hw.name, "shape": {k: v for k, v in vars(op).items()}}, indent=2))
+    else:
+        typer.echo(f"{b['time_s']:.6e}")
+
+
+_HW = typer.Option(..., "--hardware", help="profile name or path")
+_BE = typer.Option(None, "--backend", help="vendor | triton (default: the profile's)")
+_JS = typer.Option(False, "--json", help="print a JSON object whose time_s is the prediction")
+
+
+@cost_app.command("gemm")
+@_guard
+def cost_gemm(hardware: str = _HW, m: int = typer.Option(..., "--m"), n: int = typer.Option(..., "--n"),
+              k: int = typer.Option(..., "--k"), dtype: str = typer.Option("bf16", "--dtype"),
+              backend: Optional[str] = _BE, json_: bool = _JS):
+    """C[m,n] = A[m,k] @ B[k,n]."""
+    from sim.cost.ops import Gemm
+    _print_op(hardware, Gemm(m, n, k, dtype), backend, json_)
+
+
+@cost_app.command("attention-prefill")
+@_guard
+def cost_attn_prefill(hardware: str = _HW, batch: int = typer.Option(1, "--batch"),
+                      seq: int = typer.Option(..., "--seq", help="new (query) tokens per sequence"),
+                      context: Optional[int] = typer.Option(None, "--context", help="total keys incl. new tokens (default: --seq)"),
+                      heads: int = typer.Option(..., "--heads"), kv_heads: int = typer.Option(..., "--kv-heads"),
+                      head_dim: int = typer.Option(128, "--head-dim"), backend: Optional[str] = _BE, json_: bool = _JS):
+    """Causal prefill attention (GQA) of --seq new tokens per sequence."""
+    from sim.cost.ops import AttnPrefill
+    _print_op(hardware, AttnPrefill(batch, seq, context or seq, heads, kv_heads, head_dim), backend, json_)
+
+
+@cost_app.command("attention-decode")
+@_guard
+def cost_attn_decode(hardware: str = _HW, batch: int = typer.Option(..., "--batch"),
+                     context: int = typer.Option(..., "--context"), heads: int = typer.Option(..., "--heads"),
+                     kv_heads: int = typer.Option(..., "--kv-heads"), head_dim: int = typer.Option(128, "--head-dim"),
+                     backend: Optional[str] = _BE, json_: bool = _JS):
+    """Paged decode attention: one query per sequence over --context cached tokens."""
+    from sim.cost.ops import AttnDecode
+    _print_op(hardware, AttnDecode(batch, context, heads, kv_heads, head_dim), backend, json_)
+
+
+@cost_app.command("elementwise")
+@_guard
+def cost_elementwise(hardware: str = _HW, op: str = typer.Option(..., "--op", help="rmsnorm|silu_mul|rotary|add|copy"),
+                     tokens: int = typer.Option(..., "--tokens"), hidden: int = typer.Option(..., "--hidden"),
+                     backend: Optional[str] = _BE, json_: bool = _JS):
+    """A memory-bound op over a [tokens, hidden] activation."""
+    from sim.cost.ops import _ELEMENTWISE, Elementwise
+    if op not in _ELEMENTWISE:
+        _fail(f"--op: expected one of {sorted(_ELEMENTWISE)}, got '{op}'")
+    _print_op(hardware, Elementwise(op, tokens, hidden), backend, json_)
+
+
+def _mount_optional() -> None:
+    """Sub-apps that live in their own modules."""
+    try:
+        from sim import cli_trace
+        app.add_typer(cli_trace.app, name="trace")
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    try:
+        from sim import cli_calibrate
+        app.add_typer(cli_calibrate.app, name="calibrate")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
