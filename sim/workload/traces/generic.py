@@ -38,7 +38,7 @@ def _mapping(spec) -> dict[str, str]:
     return cols
 
 
-def _parse_json_lists(df: pd.DataFrame, col: str, log: _rows.RowLog) -> pd.DataFrame:
+def _parse_json_lists(df: pd.DataFrame, col: str) -> pd.DataFrame:
     def parse(v):
         try:
             return json.loads(v) if isinstance(v, str) else v
@@ -62,7 +62,7 @@ def _read(path: Path, spec, jsonl: bool) -> pd.DataFrame:
     df = _rows.lengths(df, used["output_tokens"], "output_tokens", log)
     if "hash_ids" in used:
         if not jsonl:
-            df = _parse_json_lists(df, used["hash_ids"], log)
+            df = _parse_json_lists(df, used["hash_ids"])
         df = check_hash_ids(df, used["hash_ids"], log)
     if tcol:
         df = _rows.ordered(df, tcol, log)
