@@ -23,6 +23,7 @@ import traceback
 
 import torch
 
+DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")  # cpu: API smoke test only (tiny model)
 COLS = ["phase", "batch", "seq_or_context", "num_layers", "time_s", "mode"]
 
 
@@ -30,18 +31,21 @@ def log(*a):
     print(*a, flush=True)
 
 
-def build_model(layers: int):
+def build_model(layers: int, tiny: bool = False):
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                      num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=8,
-                      head_dim=128, max_position_embeddings=131072, rope_theta=500000.0,
+    dims = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+    if tiny:  # CPU API smoke test only
+        dims = dict(vocab_size=1000, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    cfg = LlamaConfig(**dims, num_hidden_layers=layers, max_position_embeddings=131072, rope_theta=500000.0,
                       rms_norm_eps=1e-5, tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        with torch.device("cuda"):
+        with torch.device(DEV):
             model = LlamaForCausalLM(cfg)
     finally:
         torch.set_default_dtype(prev)
@@ -53,6 +57,13 @@ def build_model(layers: int):
 
 def event_median(fn, iters=10, warmup=3, between=None):
     ts = []
+    if DEV != "cuda":
+        for i in range(warmup + iters):
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
     for i in range(warmup + iters):
         if between:
             between()
@@ -91,8 +102,8 @@ def random_dynamic_cache(cfg, batch, ctx):
         cache = DynamicCache()
     kvh, d = cfg.num_key_value_heads, cfg.head_dim
     for layer in range(cfg.num_hidden_layers):
-        k = torch.randn(batch, kvh, ctx, d, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(batch, kvh, ctx, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(batch, kvh, ctx, d, device=DEV, dtype=torch.bfloat16)
+        v = torch.randn(batch, kvh, ctx, d, device=DEV, dtype=torch.bfloat16)
         cache.update(k, v, layer)
     return cache
 
@@ -102,12 +113,13 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="tiny dims (CPU API smoke test)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
     rows = []
     torch.manual_seed(0)
-    model, cfg = build_model(args.layers)
+    model, cfg = build_model(args.layers, args.tiny)
     L = args.layers
     prefill_lens = [128, 512] if args.quick else [128, 512, 2048, 8192]
     batches = [1, 8] if args.quick else [1, 8, 32, 128]
@@ -122,7 +134,7 @@ def main(argv=None):
         # ---- prefill
         for s in prefill_lens:
             try:
-                ids = torch.randint(0, cfg.vocab_size, (1, s), device="cuda")
+                ids = torch.randint(0, cfg.vocab_size, (1, s), device=DEV)
                 kw = dict(use_cache=False)
                 try:
                     model(ids[:, :8], logits_to_keep=1, **kw)
@@ -140,11 +152,11 @@ def main(argv=None):
             for b in batches:
                 try:
                     cache = random_dynamic_cache(cfg, b, ctx)
-                    ids = torch.randint(0, cfg.vocab_size, (b, 1), device="cuda")
+                    ids = torch.randint(0, cfg.vocab_size, (b, 1), device=DEV)
                     pos = [ctx]
 
                     def step():
-                        cp = torch.tensor([pos[0]], device="cuda")
+                        cp = torch.tensor([pos[0]], device=DEV)
                         model(ids, past_key_values=cache, use_cache=True, cache_position=cp,
                               position_ids=cp.expand(b, 1))
                         pos[0] += 1
@@ -180,11 +192,11 @@ def graph_decode(model, cfg, b, ctx) -> float:
     max_len = ctx + 16
     try:
         cache = StaticCache(config=cfg, max_batch_size=b, max_cache_len=max_len,
-                            device="cuda", dtype=torch.bfloat16)
+                            device=DEV, dtype=torch.bfloat16)
     except TypeError:
         cache = StaticCache(config=cfg, max_cache_len=max_len)
-    ids = torch.randint(0, cfg.vocab_size, (b, 1), device="cuda")
-    cp = torch.tensor([ctx], device="cuda")
+    ids = torch.randint(0, cfg.vocab_size, (b, 1), device=DEV)
+    cp = torch.tensor([ctx], device=DEV)
     pid = cp.expand(b, 1).contiguous()
 
     def step():

@@ -30,6 +30,9 @@ from . import grids
 from .kernels import attn_decode, attn_prefill, elementwise, gemm
 
 WARMUP_MS, REP_MS = 5, 20
+# CALIBRATE_DEVICE=cpu (with TRITON_INTERPRET=1) only exercises the pipeline on a CPU; the
+# numbers it writes are meaningless.  Real runs use the default, cuda.
+DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
 TOL = {"bf16": 2e-2, "fp8": 6e-2}
 # wall-time budget (s) per op for the full grid; --quick uses the same caps
 BUDGET = {"gemm": 170, "attn_prefill": 60, "attn_decode": 60, "elementwise": 50}
@@ -41,7 +44,17 @@ def log(*a):
 
 def bench(fn) -> float:
     """Median seconds of fn (device events, cold L2 each repetition)."""
+    if DEV != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
     return triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, return_mode="median") * 1e-3
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 def nvsmi(query: str) -> str:
@@ -119,15 +132,15 @@ def run_checks(ops) -> dict:
 def measure_peaks() -> dict:
     out = {}
     n = 1 << 30  # 1 Gi bf16 elements = 2 GiB
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    src = torch.randn(n, device=DEV, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     t = bench(lambda: dst.copy_(src))
     out["copy_bytes"] = 2 * src.numel() * 2
     out["copy_time_s"] = t
     out["copy_bw_bytes_per_s"] = 2 * src.numel() * 2 / t
     del src, dst
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
     c = torch.empty_like(a)
     t = bench(lambda: torch.matmul(a, b, out=c))
     out["matmul_8192_time_s"] = t
@@ -159,12 +172,12 @@ def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
                 skips.add(f"gemm_{dtype}_budget")
                 continue
             mmax = max(ms)
-            a = torch.randn(mmax, k, device="cuda", dtype=torch.bfloat16)
-            c = torch.empty(mmax, n, device="cuda", dtype=torch.bfloat16)
+            a = torch.randn(mmax, k, device=DEV, dtype=torch.bfloat16)
+            c = torch.empty(mmax, n, device=DEV, dtype=torch.bfloat16)
             if dtype == "bf16":
-                b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+                b = torch.randn(k, n, device=DEV, dtype=torch.bfloat16)
             else:
-                wt = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+                wt = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
                 a, sa = gemm.to_fp8(a)
                 b, sb = gemm.to_fp8(wt)
                 b = b.t()  # [K,N] view, K contiguous
@@ -219,7 +232,7 @@ def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips):
             if bud.over():
                 skips.add("attn_prefill_budget")
                 continue
-            q, k, v, cu_q, cu_k = attn_prefill.make_inputs([sq] * bsz, [skv] * bsz, h, kvh, d)
+            q, k, v, cu_q, cu_k = attn_prefill.make_inputs([sq] * bsz, [skv] * bsz, h, kvh, d, DEV)
             o = torch.empty_like(q)
             flops, byts = grids.prefill_flops_bytes(bsz, sq, skv, h, kvh, d)
             for be in backends:
@@ -263,18 +276,18 @@ def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips):
         if not mine:
             continue
         nblocks = max(b * triton.cdiv(c, page) for b, c in mine) + 16
-        kpool = torch.randn(nblocks, page, kvh, d, device="cuda", dtype=torch.bfloat16)
-        vpool = torch.randn(nblocks, page, kvh, d, device="cuda", dtype=torch.bfloat16)
-        scratch = (torch.empty(512 * h * 64 * d, device="cuda", dtype=torch.float32),
-                   torch.empty(512 * h * 64 * 2, device="cuda", dtype=torch.float32))
+        kpool = torch.randn(nblocks, page, kvh, d, device=DEV, dtype=torch.bfloat16)
+        vpool = torch.randn(nblocks, page, kvh, d, device=DEV, dtype=torch.bfloat16)
+        scratch = (torch.empty(512 * h * 64 * d, device=DEV, dtype=torch.float32),
+                   torch.empty(512 * h * 64 * 2, device=DEV, dtype=torch.float32))
         for b, c in mine:
             if bud.over():
                 skips.add("attn_decode_budget")
                 continue
             nb = triton.cdiv(c, page)
-            table = torch.randperm(nblocks, device="cuda")[: b * nb].to(torch.int32).view(b, nb)
-            lens = torch.full((b,), c, device="cuda", dtype=torch.int32)
-            q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16)
+            table = torch.randperm(nblocks, device=DEV)[: b * nb].to(torch.int32).view(b, nb)
+            lens = torch.full((b,), c, device=DEV, dtype=torch.int32)
+            q = torch.randn(b, h, d, device=DEV, dtype=torch.bfloat16)
             o = torch.empty_like(q)
             flops, byts = grids.decode_flops_bytes(b, c, h, kvh, d)
             for be in backends:
@@ -308,21 +321,21 @@ def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips):
 
 
 def time_launch(w: CsvOut, skips: Skips):
-    x = torch.zeros(1, device="cuda")
+    x = torch.zeros(1, device=DEV)
     elementwise.empty_launch(x)
-    torch.cuda.synchronize()
+    sync()
     n = 2000
     rows = []
     for _ in range(2):  # second pass is the one kept (first warms caches/allocator)
         t0 = time.perf_counter()
         for _ in range(n):
             elementwise.empty_launch(x)
-        torch.cuda.synchronize()
+        sync()
         t_tri = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
         for _ in range(n):
             x.add_(1.0)
-        torch.cuda.synchronize()
+        sync()
         t_torch = (time.perf_counter() - t0) / n
     rows.append(("triton_host", t_tri))
     rows.append(("vendor_host", t_torch))
@@ -339,7 +352,7 @@ def time_launch(w: CsvOut, skips: Skips):
             for _ in range(100):
                 elementwise.empty_launch(x)
         g.replay()
-        torch.cuda.synchronize()
+        sync()
         rows.append(("graph", bench(g.replay) / 100))
     except Exception as e:  # noqa: BLE001
         skips.add(f"launch_graph: {type(e).__name__}: {str(e)[:120]}")
@@ -362,22 +375,22 @@ def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips):
         flops, byts = grids.elementwise_flops_bytes(op, t_, hid)
         bf = torch.bfloat16
         if op in ("rmsnorm", "add", "copy"):
-            x = torch.randn(t_, hid, device="cuda", dtype=bf)
-            y = torch.randn(t_, hid, device="cuda", dtype=bf)
+            x = torch.randn(t_, hid, device=DEV, dtype=bf)
+            y = torch.randn(t_, hid, device=DEV, dtype=bf)
             o = torch.empty_like(x)
-            wgt = torch.rand(hid, device="cuda", dtype=bf) + 0.5
+            wgt = torch.rand(hid, device=DEV, dtype=bf) + 0.5
         elif op == "silu_mul":
-            x = torch.randn(t_, 2 * hid, device="cuda", dtype=bf)
-            o = torch.empty(t_, hid, device="cuda", dtype=bf)
+            x = torch.randn(t_, 2 * hid, device=DEV, dtype=bf)
+            o = torch.empty(t_, hid, device=DEV, dtype=bf)
         else:  # rotary
             h, kvh, d = grids.rotary_head_config(hid)
-            q = torch.randn(t_, h, d, device="cuda", dtype=bf)
-            k = torch.randn(t_, kvh, d, device="cuda", dtype=bf)
+            q = torch.randn(t_, h, d, device=DEV, dtype=bf)
+            k = torch.randn(t_, kvh, d, device=DEV, dtype=bf)
             qo, ko = torch.empty_like(q), torch.empty_like(k)
             if d not in cs_cache:
-                cs_cache[d] = elementwise.rope_cache(32768, d)
+                cs_cache[d] = elementwise.rope_cache(32768, d, device=DEV)
             cs = cs_cache[d]
-            pos = torch.randint(0, 32768, (t_,), device="cuda", dtype=torch.int32)
+            pos = torch.randint(0, 32768, (t_,), device=DEV, dtype=torch.int32)
         for be in backends:
             if op == "copy" and be != "vendor":
                 continue
@@ -462,8 +475,13 @@ def main(argv=None):
     if args.quick:
         WARMUP_MS, REP_MS = 3, 10
     os.makedirs(args.out, exist_ok=True)
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
-    props = torch.cuda.get_device_properties(0)
+    if DEV == "cuda":
+        assert torch.cuda.is_available(), "needs a CUDA GPU"
+        props = torch.cuda.get_device_properties(0)
+    else:  # pipeline smoke test on a CPU (TRITON_INTERPRET=1); numbers are meaningless
+        import types
+        props = types.SimpleNamespace(name="cpu-interpreter", multi_processor_count=0,
+                                      total_memory=0, major=0, minor=0)
     prov = {
         "gpu_name_arg": args.gpu_name,
         "device_name": props.name,
@@ -491,7 +509,7 @@ def main(argv=None):
     prov["checks"] = checks
     skips = Skips()
     if not args.check_only:
-        prov["peaks"] = measure_peaks()
+        prov["peaks"] = measure_peaks() if DEV == "cuda" else {}
         timers = {"gemm": time_gemm, "attn_prefill": time_prefill, "attn_decode": time_decode,
                   "elementwise": time_elementwise}
         for op in ops:

@@ -125,7 +125,7 @@ def check(m=300, n=520, k=384, device="cuda", dtype=None) -> dict:
     a = torch.randn(m, k, device=device, dtype=dt)
     b = torch.randn(k, n, device=device, dtype=dt)
     ref = a.double() @ b.double()
-    for mm in sorted({1, 7, 16, 64, 200, m}):
+    for mm in sorted({x for x in (1, 7, 16, 64, 200) if x < m} | {m}):
         out = torch.full((mm, n), float("nan"), device=device, dtype=dt)
         matmul(a[:mm], b, out)
         res[f"bf16_m{mm}"] = rel_err(out, ref[:mm])
@@ -140,7 +140,7 @@ def check(m=300, n=520, k=384, device="cuda", dtype=None) -> dict:
         aq, sa = to_fp8(a)
         wq, sb = to_fp8(w)
         ref8 = (aq.double() * sa.double()) @ (wq.double() * sb.double()).t()
-        for mm in sorted({1, 16, 100, m}):
+        for mm in sorted({x for x in (1, 16, 100) if x < m} | {m}):
             out = torch.full((mm, n), float("nan"), device=device, dtype=dt)
             matmul_fp8(aq[:mm], wq.t(), sa, sb, out)
             res[f"fp8_m{mm}"] = rel_err(out, ref8[:mm])
