@@ -1,0 +1,69 @@
+"""Op counting, the affine roofline and the step model."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.cost.base import BatchShape
+from sim.cost.ops import AttnDecode, AttnPrefill, Elementwise, Gemm, op_time, op_time_breakdown
+from sim.cost.roofline import RooflineCost
+from sim.hardware import load_hardware, profile_from_dict, shipped_hardware
+from sim.model_spec import load_model
+
+H100 = load_hardware("h100_sxm")
+M8 = load_model("llama-3.1-8b")
+
+
+def test_op_counts_exact():
+    g = Gemm(2, 3, 4)
+    assert g.flops() == 48 and g.bytes() == (8 + 12) * 2 + 6 * 2
+    a = AttnPrefill(1, 3, 5, 2, 1, 4)  # 3 new tokens after 2 cached: attends 3+4+5 = 12 keys
+    assert a.attended_pairs() == 12 and a.flops() == 4 * 2 * 4 * 12
+    assert a.bytes() == 2 * 3 * 2 * 4 * 2 + 2 * 5 * 1 * 4 * 2
+    d = AttnDecode(2, 10, 4, 2, 8)
+    assert d.flops() == 4 * 2 * 4 * 8 * 10 and d.bytes() == 2 * 2 * 10 * 2 * 8 * 2 + 2 * 2 * 4 * 8 * 2
+    assert Elementwise("add", 3, 5).bytes() == 3 * 3 * 5 * 2
+
+
+def test_roofline_regimes():
+    small = op_time_breakdown(H100, Gemm(1, 4096, 4096))
+    big = op_time_breakdown(H100, Gemm(8192, 4096, 4096))
+    assert small["bound"] == "memory" and big["bound"] == "compute"
+    assert big["achieved_flops_per_s"] <= H100.peak_flops("bf16")
+    assert small["achieved_bytes_per_s"] <= H100.memory_bandwidth_bytes_per_s
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 16384), st.integers(1, 16384))
+def test_gemm_time_monotone_in_m(m1, m2):
+    lo, hi = sorted((m1, m2))
+    assert op_time(H100, Gemm(lo, 4096, 4096)) <= op_time(H100, Gemm(hi, 4096, 4096))
+
+
+def test_step_time_parts_and_decode_run_agree():
+    c = RooflineCost(M8, H100, host_overhead_s=0.002)
+    st1 = c.step_time(BatchShape([(512, 0)], 0, 0, 1))
+    assert st1.total_s == pytest.approx(st1.gemm_s + st1.attn_s + st1.other_s + st1.host_s)
+    assert st1.host_s == 0.002
+    attn, fixed = c.decode_run(8, 8 * 1000, 5)
+    for j in range(5):
+        s = c.step_time(BatchShape([], 8, 8 * 1000 + 8 * j, 8))
+        assert s.attn_s == attn[j] and s.gemm_s == fixed.gemm_s and s.other_s == fixed.other_s
+
+
+def test_decode_is_memory_bound_near_weights_over_bandwidth():
+    c = RooflineCost(M8, H100)
+    t = c.step_time(BatchShape([], 1, 100, 1)).total_s
+    floor = M8.weight_bytes / H100.memory_bandwidth_bytes_per_s
+    assert floor < t < 1.6 * floor
+
+
+def test_profiles_load_and_reject_bad_efficiency():
+    for n in shipped_hardware():
+        h = load_hardware(n)
+        assert h.memory_bytes > 1e10 and h.peak_flops("bf16") > 1e13
+    d = {"name": "x", "display_name": "x", "memory_bytes": 1e10, "memory_bandwidth_bytes_per_s": 1e12,
+         "peak_flops_per_s": {"bf16": 1e14}, "l2_bytes": 1e6, "num_sms": 10, "nvlink_bandwidth_bytes_per_s": 0,
+         "pcie_bandwidth_bytes_per_s": 1e10,
+         "efficiency": {"backends": {"vendor": {"gemm": {"compute_frac": 2.5}}}}}
+    with pytest.raises(Exception, match="efficiency.backends.vendor.gemm.compute_frac"):
+        profile_from_dict(d)
