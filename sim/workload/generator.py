@@ -55,19 +55,8 @@ def build_stream(w: WorkloadConfig, base_dir: str, streams: RngStreams) -> Reque
             raise ConfigError("workload.trace", "the trace selection is empty (check the window and limits)")
     timed = trace_df is not None and "arrival_s" in trace_df and trace_df["arrival_s"].notna().all()
 
-    if timed:
-        df = trace_df
-        if w.duration_s is not None:
-            df = df[df["arrival_s"] < w.duration_s]
-        if w.num_requests is not None:
-            df = df.iloc[: w.num_requests]
-        hash_ids = list(df["hash_ids"]) if "hash_ids" in df else None
-        return RequestStream(df["prompt_tokens"].to_numpy(np.int64), df["output_tokens"].to_numpy(np.int64),
-                             arrival_s=df["arrival_s"].to_numpy(float), hash_ids=hash_ids,
-                             hash_block_tokens=trace_df.attrs.get("block_size_tokens"))
-
-    def draw_lengths(n: int) -> tuple[np.ndarray, np.ndarray]:
-        if trace_df is not None:
+    def draw_lengths(n: int, from_trace: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        if trace_df is not None and from_trace:
             from sim.workload.traces import sample_lengths
 
             return sample_lengths(trace_df, n, streams.stream("workload.trace_lengths"))
@@ -77,6 +66,20 @@ def build_stream(w: WorkloadConfig, base_dir: str, streams: RngStreams) -> Reque
                             base_dir=base_dir)
         return (pd_.sample(n, streams.stream("workload.prompt")),
                 od_.sample(n, streams.stream("workload.output")))
+
+    if timed:
+        df = trace_df
+        if w.duration_s is not None:
+            df = df[df["arrival_s"] < w.duration_s]
+        if w.num_requests is not None:
+            df = df.iloc[: w.num_requests]
+        hash_ids = list(df["hash_ids"]) if "hash_ids" in df else None
+        if "prompt_tokens" in df and "output_tokens" in df:
+            p, o = df["prompt_tokens"].to_numpy(np.int64), df["output_tokens"].to_numpy(np.int64)
+        else:  # arrivals-only trace (e.g. ServeGen m-large): lengths from the configured distributions
+            p, o = draw_lengths(len(df), from_trace=False)
+        return RequestStream(p, o, arrival_s=df["arrival_s"].to_numpy(float), hash_ids=hash_ids,
+                             hash_block_tokens=trace_df.attrs.get("block_size_tokens"))
 
     if proc.closed:
         if w.num_requests is not None:
