@@ -12,8 +12,8 @@ scheduling), streaming detokenization.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
-import math
 from typing import Callable
 
 import simpy
@@ -22,6 +22,23 @@ from sim.cost.base import BatchShape, CostModel
 from sim.engine.request import REJECTED, Request
 from sim.engine.scheduler import Scheduler
 from sim.metrics.records import Recorder
+
+
+def timeout_at(env: simpy.Environment, when: float) -> simpy.Event:
+    """An event that fires at absolute time ``when``.
+
+    simpy only offers relative delays, and ``now + delay`` cannot always land exactly on a
+    time that stepping reaches by adding step times one by one (rounding can skip it). A
+    fast-forwarded run must end at exactly that time to stay bit-identical to stepping, so
+    this schedules the event the way ``simpy.Timeout`` does, at the absolute time.
+    """
+    if when < env.now:
+        raise ValueError(f"cannot schedule at {when} < now {env.now}")
+    ev = simpy.Event(env)
+    ev._ok = True
+    ev._value = None
+    heapq.heappush(env._queue, (when, simpy.core.NORMAL, next(env._eid), ev))
+    return ev
 
 
 class Replica:
@@ -95,12 +112,7 @@ class Replica:
         used = sched.decode_run_allocate(k)
         self.recorder.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
                                  len(sched.running), len(sched.waiting), used)
-        delay = end - env.now
-        while env.now + delay < end:
-            delay = math.nextafter(delay, math.inf)
-        while env.now + delay > end:
-            delay = math.nextafter(delay, -math.inf)
-        yield env.timeout(delay)
+        yield timeout_at(env, end)
         sched.decode_run_complete(k, env.now, self._finished)
 
     # -- the engine loop -------------------------------------------------------------------

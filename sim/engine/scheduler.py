@@ -247,15 +247,18 @@ class Scheduler:
     def decode_run_allocate(self, k: int) -> list[int]:
         """Allocate the blocks of a k-step decode run, in stepping order; used blocks after each step."""
         pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
-        used_now = pool.num_used
+        order: list[Request] = []
         used = []
+        used_now = pool.num_used
         for j in range(k):
             bucket = buckets[(-(s + j)) % bs]
             if bucket:
-                for r, b in zip(bucket.values(), pool.allocate(len(bucket))):
-                    r.blocks.append(b)
+                order.extend(bucket.values())
                 used_now += len(bucket)
             used.append(used_now)
+        if order:
+            for r, b in zip(order, pool.allocate(len(order))):
+                r.blocks.append(b)
         return used
 
     def decode_run_complete(self, k: int, now: float, on_finish) -> None:
