@@ -47,6 +47,7 @@ def run(config: Path = typer.Argument(..., help="simulation YAML"),
         set_: List[str] = typer.Option([], "--set", help="override, e.g. --set engine.max_num_seqs=128 (value is YAML)"),
         out: Optional[Path] = typer.Option(None, "--out", help="write summary.json, requests/iterations parquet, resolved config"),
         json_: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="write timeline.png and latency_cdf.png to this folder"),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar (default: on a terminal)")):
     """Run one simulation and print its summary."""
     from sim.config import load_config
@@ -73,6 +74,9 @@ def run(config: Path = typer.Argument(..., help="simulation YAML"),
             bar.close()
     if out is not None:
         res.save(out)
+    if plot is not None:
+        from sim.metrics.plots import save_all
+        save_all(res, plot)
     if json_:
         typer.echo(json.dumps(res.summary(), indent=2))
     else:
