@@ -24,6 +24,11 @@ class OpenLoop:
     """Base of open-loop processes: inter-arrival gaps -> absolute times from 0."""
 
     closed = False
+    rate_per_s: float
+
+    def __post_init__(self):
+        if not self.rate_per_s > 0:
+            raise ValueError("rate_per_s must be > 0")
 
     def gaps(self, n: int, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -54,10 +59,6 @@ class Poisson(OpenLoop):
 
     rate_per_s: float
 
-    def __post_init__(self):
-        if not self.rate_per_s > 0:
-            raise ValueError("rate_per_s must be > 0")
-
     def gaps(self, n, rng):
         return rng.exponential(1.0 / self.rate_per_s, n)
 
@@ -68,10 +69,6 @@ class Constant(OpenLoop):
     """Deterministic arrivals every 1/rate_per_s seconds."""
 
     rate_per_s: float
-
-    def __post_init__(self):
-        if not self.rate_per_s > 0:
-            raise ValueError("rate_per_s must be > 0")
 
     def gaps(self, n, rng):
         return np.full(n, 1.0 / self.rate_per_s)
@@ -86,8 +83,7 @@ class Gamma(OpenLoop):
     cv: float = 1.0
 
     def __post_init__(self):
-        if not self.rate_per_s > 0:
-            raise ValueError("rate_per_s must be > 0")
+        super().__post_init__()
         if not self.cv > 0:
             raise ValueError("cv must be > 0")
 
