@@ -1,0 +1,162 @@
+"""Calibration report: a fitted profile against the measurements it came from (markdown + PNGs).
+
+Models: every measured point is predicted with the profile through sim.cost.ops.op_time (the
+code path the simulator uses), so the report checks the shipped YAML, not the fitter's
+internal copy.  Held-out errors are the ones the fit wrote into the profile (fit on part of
+each grid, predicted on the rest); in-sample errors are recomputed here.
+
+Ignores: nccl.csv (the communication model is fitted elsewhere).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate.fit import SHAPE_COLS, TARGETS, make_op, read_measurements, read_provenance
+from sim.cost.ops import op_time
+from sim.hardware import OP_KINDS, HardwareProfile
+
+
+def predictions(data_dir: str | Path, hw: HardwareProfile) -> pd.DataFrame:
+    """All measured op rows with predicted_s (op_time with the row's backend), ideal_ns, err_pct."""
+    frames = read_measurements(data_dir)
+    out = []
+    for kind in OP_KINDS:
+        if kind not in frames:
+            continue
+        df = frames[kind]
+        if kind == "elementwise":
+            df = df[df["op"] != "launch"]
+        df = df[df["backend"].isin(list(hw.efficiency))].reset_index(drop=True)
+        if df.empty:
+            continue
+        ops = [make_op(kind, r) for r in df.to_dict("records")]
+        df = df.assign(kind=kind,
+                       sub_op=df["op"] if kind == "elementwise" else kind,
+                       predicted_s=[op_time(hw, o, be) for o, be in zip(ops, df["backend"])],
+                       ideal_ns=[max(o.flops() / hw.peak_flops(o.dtype), o.bytes() / hw.memory_bandwidth_bytes_per_s) * 1e9
+                                 for o in ops],
+                       flops_=[o.flops() for o in ops], bytes_=[o.bytes() for o in ops],
+                       shape=[" ".join(f"{c}={r[c]}" for c in SHAPE_COLS[kind]) for r in df.to_dict("records")])
+        out.append(df[["kind", "sub_op", "backend", "dtype", "shape", "time_s", "predicted_s", "ideal_ns",
+                      "flops_", "bytes_"]])
+    res = pd.concat(out, ignore_index=True)
+    res["err_pct"] = (res["predicted_s"] / res["time_s"] - 1) * 100
+    return res
+
+
+def _pct(x, q):
+    return float(np.percentile(np.abs(x), q)) if len(x) else float("nan")
+
+
+def plot(pred: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """predicted_vs_measured.png and efficiency_vs_size.png (one panel per op kind)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in OP_KINDS if k in set(pred["kind"])]
+    colors = {"vendor": "tab:blue", "triton": "tab:orange"}
+    paths = []
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        g = pred[pred["kind"] == kind]
+        for be, gb in g.groupby("backend"):
+            ax.scatter(gb["time_s"] * 1e6, gb["predicted_s"] * 1e6, s=6, alpha=0.6, label=be,
+                       color=colors.get(be))
+        lo, hi = g[["time_s", "predicted_s"]].min().min() * 1e6, g[["time_s", "predicted_s"]].max().max() * 1e6
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.plot([lo, hi], [lo * 1.15, hi * 1.15], "k:", lw=0.6)
+        ax.plot([lo, hi], [lo / 1.15, hi / 1.15], "k:", lw=0.6)
+        ax.set(xscale="log", yscale="log", xlabel="measured (us)", ylabel="predicted (us)", title=kind)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "predicted_vs_measured.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        g = pred[pred["kind"] == kind]
+        for be, gb in g.groupby("backend"):
+            ax.scatter(gb["ideal_ns"], gb["ideal_ns"] * 1e-9 / gb["time_s"], s=6, alpha=0.6,
+                       color=colors.get(be), label=f"{be} measured")
+            o = gb.sort_values("ideal_ns")
+            ax.plot(o["ideal_ns"], o["ideal_ns"] * 1e-9 / o["predicted_s"], ".", ms=2,
+                    color=colors.get(be), alpha=0.9, label=f"{be} fit")
+        ax.set(xscale="log", xlabel="ideal roofline time (ns)", ylabel="fraction of roofline achieved",
+               title=kind, ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "efficiency_vs_size.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _fmt_s(v: float) -> str:
+    return f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v * 1e3:.3f} ms"
+
+
+def write_report(data_dir: str | Path, hw: HardwareProfile, out_md: str | Path) -> Path:
+    """Write the markdown report and its plots (in ``<out stem>_plots/`` next to it)."""
+    data_dir, out_md = Path(data_dir), Path(out_md)
+    pred = predictions(data_dir, hw)
+    prov = read_provenance(data_dir)
+    cal = hw.calibration or {}
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    plot_dir = out_md.parent / f"{out_md.stem}_plots"
+    pngs = plot(pred, plot_dir)
+    L = [f"# Calibration report: {hw.display_name}", "",
+         f"- profile: `{hw.path}` — efficiency source: {hw.efficiency_source}",
+         f"- measurements: `{data_dir}` ({len(pred)} op timings)"]
+    if prov:
+        L.append(f"- measured on: {prov.get('device_name')} ({prov.get('date_utc')}), torch {prov.get('torch')}, "
+                 f"triton {prov.get('triton')}, CUDA {prov.get('cuda_runtime')}")
+    L += ["", "Model per op kind and backend: `t = max((F+F0)/(P*compute_frac), (B+B0)/(W*bandwidth_frac))"
+          " * corr(log2 ideal_ns) + launch_s` (sim.hardware).", "", "## Peaks", "",
+          "| figure | datasheet | measured |", "| --- | --- | --- |"]
+    peaks = cal.get("peaks", {})
+    L.append(f"| bf16 dense FLOP/s | {hw.peak_flops('bf16') / 1e12:.0f} T | "
+             + (f"{peaks['measured_matmul_bf16_flops_per_s'] / 1e12:.0f} T (8192^3 matmul)"
+                if "measured_matmul_bf16_flops_per_s" in peaks else "-") + " |")
+    L.append(f"| HBM bandwidth | {hw.memory_bandwidth_bytes_per_s / 1e12:.2f} TB/s | "
+             + (f"{peaks['measured_copy_bw_bytes_per_s'] / 1e12:.2f} TB/s (2 GiB copy)"
+                if "measured_copy_bw_bytes_per_s" in peaks else "-") + " |")
+    if cal.get("launch_overhead_s"):
+        L += ["", "Launch overhead: " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in cal["launch_overhead_s"].items())]
+    L += ["", "## Fitted curves and errors", "",
+          f"Targets on held-out shapes: median <= {TARGETS['median_abs_pct_err']}%, p90 <= {TARGETS['p90_abs_pct_err']}%.",
+          "", "| op | backend | points | compute_frac | bandwidth_frac | F0 (GFLOP) | B0 (MB) | launch | "
+          "held-out median % | held-out p90 % | all median % | all p90 % |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (kind, be), g in pred.groupby(["kind", "backend"], sort=True):
+        e = hw.op_efficiency(kind, be)
+        meta = (cal.get("errors", {}).get(be, {}) or {}).get(kind, {})
+        gp = g[g["dtype"] == "bf16"] if kind == "gemm" else g
+        L.append(f"| {kind} | {be} | {len(gp)} | {e.compute_frac:.3f} | {e.bandwidth_frac:.3f} | "
+                 f"{e.fixed_flops / 1e9:.2f} | {e.fixed_bytes / 1e6:.2f} | {_fmt_s(e.launch_s)} | "
+                 f"{meta.get('heldout_median_abs_pct_err', '-')} | {meta.get('heldout_p90_abs_pct_err', '-')} | "
+                 f"{np.median(np.abs(gp['err_pct'])):.2f} | {_pct(gp['err_pct'], 90):.2f} |")
+    L += ["", "In-sample errors by sub-op and dtype (profile predictions, all points):", "",
+          "| op | sub-op | backend | dtype | points | median % | p90 % |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (kind, sub, be, dt), g in pred.groupby(["kind", "sub_op", "backend", "dtype"], sort=True):
+        L.append(f"| {kind} | {sub} | {be} | {dt} | {len(g)} | {np.median(np.abs(g['err_pct'])):.2f} | "
+                 f"{_pct(g['err_pct'], 90):.2f} |")
+    L += ["", "## Measured vs predicted at representative shapes", "",
+          "| op | backend | shape | measured | predicted | error % | achieved TFLOP/s | achieved TB/s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (kind, be), g in pred.groupby(["kind", "backend"], sort=True):
+        o = g.sort_values(["ideal_ns", "shape"], kind="mergesort").reset_index(drop=True)
+        for i in sorted({int(round(q * (len(o) - 1))) for q in (0, 0.25, 0.5, 0.75, 1)}):
+            r = o.iloc[i]
+            L.append(f"| {kind} | {be} | {r['shape']} {r['dtype']} | {_fmt_s(r['time_s'])} | {_fmt_s(r['predicted_s'])} | "
+                     f"{r['err_pct']:+.1f} | {r['flops_'] / r['time_s'] / 1e12:.1f} | {r['bytes_'] / r['time_s'] / 1e12:.2f} |")
+    L += ["", "## Plots", ""] + [f"![{p.stem}]({plot_dir.name}/{p.name})" for p in pngs]
+    mc = data_dir / "model_check.csv"
+    if mc.exists():
+        from calibrate.compare_model import check_model, format_check
+        L += ["", "## Model-level check (HF Llama, random weights)", "", "```", format_check(check_model(mc, hw)), "```"]
+    out_md.write_text("\n".join(L) + "\n")
+    return out_md

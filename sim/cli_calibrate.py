@@ -1,0 +1,111 @@
+"""``servesim calibrate``: fit a hardware profile to calibrate/ measurements, report, model check.
+
+Commands: ``fit DATA_DIR --out PROFILE.yaml [--base BASE.yaml]``, ``report DATA_DIR --profile
+PROFILE.yaml --out REPORT.md``, ``check-model MODEL_CHECK.csv --hardware PROFILE``.  The fitting
+code lives in the repository's ``calibrate/`` folder (next to ``sim/``), not in the installed
+package; this module puts the repository root on ``sys.path`` when needed.
+Every input problem is a one-line error and exit code 2.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sim.config import ConfigError
+from sim.hardware import PROFILES_DIR, dump_profile, load_hardware
+
+ROOT = Path(__file__).resolve().parent.parent
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Fit hardware profiles from calibrate/ measurements (see docs/calibration.md).")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _calibrate():
+    """Import the repository's calibrate package (fit, report, compare_model)."""
+    if (ROOT / "calibrate" / "fit.py").exists() and str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        import calibrate.compare_model
+        import calibrate.fit
+        import calibrate.report  # noqa: F401
+    except ImportError as e:
+        _fail(f"the calibrate/ package is not available next to sim/ ({e})")
+    return sys.modules["calibrate"]
+
+
+def _guard(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        cal = _calibrate()
+        try:
+            return fn(*a, **kw)
+        except (ConfigError, cal.fit.FitError, cal.compare_model.CheckError) as e:
+            _fail(str(e))
+        except FileNotFoundError as e:
+            _fail(f"{e.filename}: no such file")
+    return wrapper
+
+
+@app.command()
+@_guard
+def fit(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/ with the runner's CSVs"),
+        out: Path = typer.Option(..., "--out", help="profile YAML to write"),
+        base: Optional[Path] = typer.Option(None, "--base", help="profile with the datasheet figures "
+                                            "(default: hardware_profiles/<data folder name>.yaml)")):
+    """Fit efficiency curves to measured kernel times; write a hardware profile."""
+    from calibrate.fit import fit_profile
+    if not data_dir.is_dir():
+        _fail(f"{data_dir}: no such directory")
+    if base is None:
+        base = PROFILES_DIR / f"{data_dir.resolve().name}.yaml"
+        if not base.exists():
+            _fail(f"no base profile {base.name} in hardware_profiles/ for data folder '{data_dir.name}'; pass --base")
+    d = fit_profile(data_dir, base)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {d['display_name']}: datasheet figures + efficiency curves fitted by "
+                   f"`servesim calibrate fit` ({d['efficiency']['source']}).\n" + dump_profile(d))
+    typer.echo(f"wrote {out}  ({d['efficiency']['source']})")
+    typer.echo(f"{'op':14s}{'backend':9s}{'points':>7s}{'cf':>7s}{'bf':>7s}{'held-out med%':>15s}{'p90%':>7s}")
+    for be, ops in d["efficiency"]["backends"].items():
+        for kind, c in ops.items():
+            f = c.get("fit", {})
+            if "points" not in f:
+                continue
+            typer.echo(f"{kind:14s}{be:9s}{f['points']:>7d}{c['compute_frac']:>7.3f}{c['bandwidth_frac']:>7.3f}"
+                       f"{f.get('heldout_median_abs_pct_err', '-'):>15}{f.get('heldout_p90_abs_pct_err', '-'):>7}")
+            if "warning" in f:
+                typer.echo(f"  warning: {kind}/{be}: {f['warning']}", err=True)
+
+
+@app.command()
+@_guard
+def report(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/"),
+           profile: str = typer.Option(..., "--profile", help="fitted profile (name or YAML path)"),
+           out: Path = typer.Option(Path("calibrate/REPORT.md"), "--out", help="markdown file to write")):
+    """Write a markdown report (errors, fitted fractions, plots) of a profile vs its measurements."""
+    from calibrate.report import write_report
+    if not data_dir.is_dir():
+        _fail(f"{data_dir}: no such directory")
+    hw = load_hardware(profile)
+    p = write_report(data_dir, hw, out)
+    typer.echo(f"wrote {p} and {p.parent / (p.stem + '_plots')}/")
+
+
+@app.command("check-model")
+@_guard
+def check_model_cmd(csv: Path = typer.Argument(..., help="model_check.csv (or its folder)"),
+                    hardware: str = typer.Option(..., "--hardware", help="profile name or YAML path"),
+                    model: str = typer.Option("llama-3.1-8b", "--model", help="model whose dims were measured"),
+                    backend: Optional[str] = typer.Option(None, "--backend", help="vendor | triton")):
+    """Compare measured HF Llama step times with the simulator's step time; fit host overhead."""
+    from calibrate.compare_model import check_model, format_check
+    hw = load_hardware(hardware)
+    typer.echo(format_check(check_model(csv, hw, model, backend)))
