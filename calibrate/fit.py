@@ -394,6 +394,9 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path) -> dict:
     base = dict(read_yaml(base_path))
     hw = profile_from_dict(base, str(base_path))
     prov = read_provenance(data_dir)
+    if str(prov.get("device_name", "")).startswith("cpu"):
+        raise FitError(f"{data_dir}: measured in the runner's CPU smoke mode ({prov['device_name']}); "
+                       "those times are meaningless, measure on a GPU")
     launches = _launch_rows(frames)
     launch_s = launches.get("triton_gpu")
     base_eff = base.get("efficiency") or {}

@@ -231,6 +231,11 @@ def test_cli_errors(tmp_path, synth):
     (empty / "gemm.csv").write_text("op,backend,m,n,k,time_s\ngemm,vendor,1,2,3,1e-5\n")
     one_line_error(runner.invoke(app, ["calibrate", "fit", str(empty), "--out", str(tmp_path / "o.yaml")]),
                    "missing columns", "dtype")
+    cpu = tmp_path / "cpu" / "h100_sxm"
+    shutil.copytree(d, cpu)
+    (cpu / "provenance.json").write_text(json.dumps({"device_name": "cpu-interpreter"}))
+    one_line_error(runner.invoke(app, ["calibrate", "fit", str(cpu), "--out", str(tmp_path / "o.yaml")]),
+                   "CPU smoke mode")
     odd = tmp_path / "mystery_gpu"
     shutil.copytree(d, odd)
     one_line_error(runner.invoke(app, ["calibrate", "fit", str(odd), "--out", str(tmp_path / "o.yaml")]),
