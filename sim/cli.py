@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from sim.cli_common import fail, guard
 from sim.config import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -21,24 +22,8 @@ cost_app = typer.Typer(no_args_is_help=True, help="Predict the time of one GPU o
 app.add_typer(cost_app, name="cost")
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn):
-    """Turn configuration errors into one-line messages instead of tracebacks."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except ConfigError as e:
-            _fail(str(e))
-        except FileNotFoundError as e:
-            _fail(f"{e.filename}: no such file")
-    return wrapper
+_fail = fail
+_guard = guard()
 
 
 @app.command()

@@ -8,24 +8,20 @@ Every input problem is a one-line error and exit code 2.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sim.config import ConfigError
+from sim.cli_common import fail, guard
+
 from sim.hardware import PROFILES_DIR, dump_profile, load_hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Fit hardware profiles from calibrate/ measurements (see docs/calibration.md).")
 
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
 
 
 def _calibrate():
@@ -37,21 +33,16 @@ def _calibrate():
         import calibrate.fit
         import calibrate.report  # noqa: F401
     except ImportError as e:
-        _fail(f"the calibrate/ package is not available next to sim/ ({e})")
+        fail(f"the calibrate/ package is not available next to sim/ ({e})")
     return sys.modules["calibrate"]
 
 
-def _guard(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        cal = _calibrate()
-        try:
-            return fn(*a, **kw)
-        except (ConfigError, cal.fit.FitError, cal.compare_model.CheckError) as e:
-            _fail(str(e))
-        except FileNotFoundError as e:
-            _fail(f"{e.filename}: no such file")
-    return wrapper
+def _errors() -> tuple[type[Exception], ...]:
+    cal = _calibrate()
+    return (cal.fit.FitError, cal.compare_model.CheckError)
+
+
+_guard = guard(_errors)
 
 
 @app.command()
@@ -63,11 +54,11 @@ def fit(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/ with th
     """Fit efficiency curves to measured kernel times; write a hardware profile."""
     from calibrate.fit import fit_profile
     if not data_dir.is_dir():
-        _fail(f"{data_dir}: no such directory")
+        fail(f"{data_dir}: no such directory")
     if base is None:
         base = PROFILES_DIR / f"{data_dir.resolve().name}.yaml"
         if not base.exists():
-            _fail(f"no base profile {base.name} in hardware_profiles/ for data folder '{data_dir.name}'; pass --base")
+            fail(f"no base profile {base.name} in hardware_profiles/ for data folder '{data_dir.name}'; pass --base")
     d = fit_profile(data_dir, base)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# {d['display_name']}: datasheet figures + efficiency curves fitted by "
@@ -93,7 +84,7 @@ def report(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/"),
     """Write a markdown report (errors, fitted fractions, plots) of a profile vs its measurements."""
     from calibrate.report import write_report
     if not data_dir.is_dir():
-        _fail(f"{data_dir}: no such directory")
+        fail(f"{data_dir}: no such directory")
     hw = load_hardware(profile)
     p = write_report(data_dir, hw, out)
     typer.echo(f"wrote {p} and {p.parent / (p.stem + '_plots')}/")

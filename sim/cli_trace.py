@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from sim.cli_common import fail
+
 from sim.config import ConfigError, TraceSpec
 from sim.rng import RngStreams
 
@@ -26,10 +28,6 @@ app = typer.Typer(help="Inspect LLM-serving request traces (Azure, Mooncake, Ser
 def _main() -> None:
     """Inspect LLM-serving request traces."""
 
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _fmt(v) -> str:
@@ -115,9 +113,9 @@ def stats(
         st = {"file": file, "format": df.attrs.get("format"), **st}
         plots = write_plots(df, plot) if plot is not None else []
     except ConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:
-        _fail(f"{file}: {e.strerror or e}")
+        fail(f"{file}: {e.strerror or e}")
     if as_json:
         typer.echo(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in st.items()}))
     else:
