@@ -77,23 +77,53 @@ class WorkloadConfig:
     prompt_tokens: DistSpec = field(default_factory=lambda: DistSpec("fixed", {"value": 512}))
     output_tokens: DistSpec = field(default_factory=lambda: DistSpec("fixed", {"value": 128}))
     trace: TraceSpec | None = None
+    priority: DistSpec | None = field(default=None, metadata=_c(
+        doc="per-request priority class, a length distribution (lower = more urgent; engine.scheduling_policy: priority)"))
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """One serving engine replica's settings (vLLM names where vLLM has the knob)."""
+    """One serving engine replica's settings (vLLM names where vLLM has the knob).
 
-    preset: str | None = field(default=None, metadata=_c(doc="engine preset name (sim.engine.presets)"))
+    Fields left None take their value from ``preset`` if it sets them, else the base
+    default (vLLM v1's); this happens at construction, so a loaded config always shows the
+    expanded values (see ``sim.engine.presets`` and docs/engine_policies.md).
+    """
+
+    preset: str | None = field(default=None, metadata=_c(
+        doc="engine preset: static, orca, vllm-v0, vllm-v1, sarathi-serve (sim.engine.presets)"))
+    batching: str | None = field(default=None, metadata=_c(
+        doc="batching policy (sim.engine.batching); None = preset or vllm-v1"))
     max_num_seqs: int = field(default=256, metadata=_c(ge=1))
-    max_num_batched_tokens: int = field(default=8192, metadata=_c(ge=1))
+    max_num_batched_tokens: int | None = field(default=None, metadata=_c(ge=1, doc="token budget per step; None = preset or 8192"))
     block_size_tokens: int = field(default=16, metadata=_c(ge=1))
     gpu_memory_utilization: float = field(default=0.9, metadata=_c(gt=0, le=1))
     activation_reserve_bytes: float | None = field(
         default=None, metadata=_c(ge=0, doc="workspace held back from KV; None = estimated from max_num_batched_tokens"))
-    enable_chunked_prefill: bool = True
+    enable_chunked_prefill: bool | None = field(default=None, metadata=_c(doc="None = preset or the batching policy's default"))
     max_model_len: int | None = field(default=None, metadata=_c(ge=1))
-    preemption: str = field(default="recompute", metadata=_c(choices=("recompute", "swap")))
+    scheduling_policy: str | None = field(default=None, metadata=_c(
+        doc="queue order: fcfs, priority, shortest-prompt-first (sim.engine.queues); None = preset or fcfs"))
+    preemption: str | None = field(default=None, metadata=_c(choices=("recompute", "swap"), doc="None = preset or recompute"))
+    swap_space_bytes: float = field(default=4.0 * 2**30, metadata=_c(ge=0, doc="host swap space (vLLM --swap-space)"))
+    kv_mode: str | None = field(default=None, metadata=_c(
+        choices=("paged", "contiguous"), doc="contiguous = reserve each request's max length at admission"))
+    max_tokens: int | None = field(default=None, metadata=_c(
+        ge=1, doc="contiguous KV: output tokens reserved beyond the prompt; None = up to max_model_len"))
+    watermark_frac: float | None = field(default=None, metadata=_c(
+        ge=0, le=0.5, doc="fraction of blocks admission keeps free (vLLM v0: 0.01); None = preset or 0"))
+    tbt_target_s: float | None = field(default=None, metadata=_c(
+        gt=0, doc="Sarathi-Serve: choose the token budget so a step meets this time-between-tokens"))
     host_overhead_s: float = field(default=3.0e-3, metadata=_c(ge=0, doc="CPU time per step (schedule, prepare, sample)"))
+    cuda_graphs: bool = field(default=False, metadata=_c(doc="decode-only steps replay CUDA graphs (padded batch, cheap launches)"))
+    cuda_graph_max_batch_size: int = field(default=512, metadata=_c(ge=1, doc="largest captured decode batch"))
+    cuda_graph_launch_s: float = field(default=1.0e-6, metadata=_c(ge=0, doc="per-kernel launch cost inside a graph"))
+
+    def __post_init__(self):
+        from sim.engine.presets import resolve  # lazy: sim.engine sits above sim.config
+
+        for name, value in resolve(self).items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,11 @@ import simpy
 from sim.config import SimConfig, dump_yaml, load_config
 from sim.cost.base import cost_models
 import sim.cost  # noqa: F401  (registers the cost models)
+from sim.engine.build import build_engine
 from sim.engine.replica import Replica
 from sim.engine.request import Request
-from sim.engine.scheduler import Scheduler
 from sim.hardware import HardwareProfile, load_hardware
-from sim.kv.block_pool import BlockPool
-from sim.kv.manager import KVManager, activation_reserve_bytes, kv_capacity_blocks
+from sim.kv.manager import activation_reserve_bytes, kv_capacity_blocks
 from sim.metrics.records import Recorder
 from sim.metrics.summary import format_summary, summarize
 from sim.model_spec import ModelSpec, load_model
@@ -90,9 +89,8 @@ def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None)
 
     env = simpy.Environment()
     rec = Recorder(num_blocks)
-    sched = Scheduler(KVManager(BlockPool(num_blocks, eng.block_size_tokens, prefix_caching=False)), eng.max_num_seqs,
-                      eng.max_num_batched_tokens, eng.enable_chunked_prefill)
     max_model_len = eng.max_model_len or model.max_position_embeddings
+    sched, cost, engine_info = build_engine(eng, model, hw, num_blocks, cost, max_model_len)
     total = len(stream.prompt_tokens) if not (stream.closed and stream.more_lengths) else None
     if progress is not None:
         rec.progress = lambda n: progress(n, total)
@@ -107,13 +105,15 @@ def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None)
     env.run()
     info = {"model": model.summary(), "hardware": hw.name, "efficiency_source": hw.efficiency_source,
             "kv_blocks": num_blocks, "kv_capacity_tokens": num_blocks * eng.block_size_tokens,
-            "activation_reserve_bytes": reserve, "max_model_len": max_model_len}
+            "activation_reserve_bytes": reserve, "max_model_len": max_model_len, **engine_info}
     return Results(cfg, rec.requests_frame(), rec.iterations_frame(), rec.extra_itl_s, info)
 
 
 def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> Request:
     h = stream.hash_ids[i] if stream.hash_ids is not None else None
-    return Request(i, t, int(stream.prompt_tokens[i]), int(stream.output_tokens[i]), hash_ids=h, client=client)
+    prio = stream.priority_of(i) if getattr(stream, "priority_of", None) is not None else 0
+    return Request(i, t, int(stream.prompt_tokens[i]), int(stream.output_tokens[i]), priority=prio,
+                   hash_ids=h, client=client)
 
 
 def _open_loop(env: simpy.Environment, replica: Replica, stream: RequestStream):

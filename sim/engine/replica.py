@@ -6,6 +6,9 @@ It sleeps on an event when it has no work and is woken by ``submit()``. Requests
 never run (longer than ``max_model_len`` or than the whole KV cache) are rejected at submit,
 as an engine returns an error.
 
+A step's time is the cost model's price of its batch shape plus the PCIe time of any KV
+swaps it does (swap preemption copies synchronously, as vLLM v0 does).
+
 Ignores: network and tokenizer time outside the engine, host/GPU overlap (async
 scheduling), streaming detokenization.
 """
@@ -18,7 +21,7 @@ from typing import Callable
 
 import simpy
 
-from sim.cost.base import BatchShape, CostModel
+from sim.cost.base import BatchShape, CostModel, StepTime
 from sim.engine.request import REJECTED, Request
 from sim.engine.scheduler import Scheduler
 from sim.metrics.records import Recorder
@@ -66,8 +69,7 @@ class Replica:
     def submit(self, r: Request) -> None:
         r.replica = self.index
         total = r.prompt_tokens + r.output_tokens
-        if total > self.max_model_len or total > self.capacity_tokens or (
-                not self.scheduler.chunked and total > self.scheduler.max_num_batched_tokens):
+        if total > self.max_model_len or self.scheduler.never_fits(r):
             r.state = REJECTED
             r.finish_s = self.env.now
             self.recorder.request_done(r)
@@ -142,7 +144,9 @@ class Replica:
             start = env.now
             kv_used = pool.num_used
             num_running, num_waiting = len(sched.running), len(sched.waiting)
+            if plan.swap_s:  # synchronous KV copies over PCIe lengthen the step
+                st = StepTime(st.total_s + plan.swap_s, st.gemm_s, st.attn_s, st.other_s, st.comm_s, st.host_s)
             yield env.timeout(st.total_s)
             sched.complete(plan, env.now, finished)
             rec.iteration(self.index, start, st, plan.shape, num_running, num_waiting,
-                          kv_used, len(plan.preempted))
+                          kv_used, len(plan.preempted), plan.swap_out_bytes + plan.swap_in_bytes, plan.swap_s)

@@ -3,13 +3,14 @@
 Models: vLLM v1's request state: ``num_computed`` (tokens whose KV exists) catching up
 to ``num_tokens`` (prompt + generated). A step gives a request some tokens; when its
 computed tokens reach its tokens, one token is sampled. Prefill, chunked prefill,
-decode and recompute after preemption are all that one rule.
+decode and recompute after preemption are all that one rule. A swapped-out request keeps
+its computed tokens (its KV sits in host memory) and resumes where it stopped.
 
 Ignores: token ids (only counts), stop strings, beam search, n > 1.
 """
 from __future__ import annotations
 
-WAITING, RUNNING, FINISHED, REJECTED = 0, 1, 2, 3
+WAITING, RUNNING, FINISHED, REJECTED, SWAPPED = 0, 1, 2, 3, 4
 
 
 class Request:
@@ -18,7 +19,8 @@ class Request:
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_output",
                  "blocks", "state", "scheduled_s", "first_token_s", "finish_s", "last_token_s",
                  "num_preemptions", "priority", "hash_ids", "decode_offset", "decode_bucket",
-                 "finish_step", "extra_itl_s", "replica", "client")
+                 "finish_step", "extra_itl_s", "replica", "client", "preempted_at_s", "preempted_s",
+                 "swapped_blocks", "swap_bytes")
 
     def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
                  priority: int = 0, hash_ids=None, client: int = -1):
@@ -43,6 +45,10 @@ class Request:
         self.extra_itl_s: list[float] | None = None  # inter-token gaps not equal to a step (after preemption)
         self.replica = -1
         self.client = client
+        self.preempted_at_s = -1.0  # when last preempted (-1: not waiting after a preemption)
+        self.preempted_s = 0.0      # time spent preempted (until scheduled again)
+        self.swapped_blocks = 0     # blocks held in host swap space
+        self.swap_bytes = 0.0       # KV bytes copied over PCIe for this request (out + in)
 
     @property
     def num_tokens(self) -> int:

@@ -1,35 +1,42 @@
-"""Token-budget scheduler with vLLM v1 semantics.
+"""Token-budget scheduler core (vLLM v1 semantics) configured by named policies.
 
-Models: each step, running requests first (decodes, then unfinished prefills in admission
-order), then waiting requests in queue order, each given up to its remaining tokens under
-``max_num_batched_tokens`` and ``max_num_seqs``; prefill chunked to the budget when
-``enable_chunked_prefill``; KV blocks allocated as tokens are scheduled; when blocks run
-out, the most recently admitted running request is preempted by recompute (its blocks
-freed, its computed tokens reset, put back at the head of the queue), as vLLM v1 does.
-No request is admitted in a step that preempted.
+Models: each step assigns tokens to requests under ``max_num_batched_tokens`` and
+``max_num_seqs``; a request's computed tokens catch up with its tokens. The default
+(``vllm-v1``) step: running requests first (decodes, then unfinished prefills in admission
+order), then swapped-out requests (swap mode), then waiting requests in queue order, each
+given up to its remaining tokens; prefill chunked to the budget when chunking is on; KV
+blocks allocated as tokens are scheduled; when blocks run out, the queue order's victim is
+preempted (recompute or swap), and no request is admitted in a step that preempted.
+The other batching policies (``sim.engine.batching``) change which stages a step runs:
+prefill-first steps (vLLM v0), whole-batch admission with padded rows (static), no
+chunking (Orca). Admission keeps ``watermark_blocks`` free (vLLM v0's watermark).
 
 Steady decode is bookkept in O(1) per step: a decoding request's computed tokens are
-``decode_offset + step``; requests needing a new block at a step are found by the residue
-of their offset modulo the block size; completions sit in a heap keyed by step. A step
-costs O(prefills + completions + block-boundary crossings), not O(batch).
+``decode_offset + step`` (``step`` counts steps that ran the decodes); requests needing a
+new block at a step are found by the residue of their offset modulo the block size (a
+contiguous reservation never needs one: it sits in an extra bucket that is never crossed);
+completions sit in a heap keyed by step. A step costs O(prefills + completions +
+block-boundary crossings), not O(batch).
 
-Ignores: speculative tokens, encoder inputs, structured-output masks, swap preemption
-and other queue orders (engine policies issue), prefix caching.
+Ignores: speculative tokens, encoder inputs, structured-output masks, prefix caching.
 """
 from __future__ import annotations
 
 import heapq
-from collections import deque
 
 from sim.cost.base import BatchShape
-from sim.engine.request import FINISHED, REJECTED, RUNNING, WAITING, Request
+from sim.engine.batching import batching_policies
+from sim.engine.preemption import preemption_modes
+from sim.engine.queues import queue_orders
+from sim.engine.request import FINISHED, REJECTED, RUNNING, SWAPPED, WAITING, Request
 from sim.kv.manager import KVManager
 
 
 class StepPlan:
     """What one step computes: prefill entries (request, new tokens) and the decode set size."""
 
-    __slots__ = ("prefills", "num_decode", "decode_context_sum", "shape", "preempted")
+    __slots__ = ("prefills", "num_decode", "decode_context_sum", "shape", "preempted", "run_decode",
+                 "swap_out_bytes", "swap_in_bytes", "swap_s")
 
     def __init__(self):
         self.prefills: list[tuple[Request, int]] = []
@@ -37,24 +44,40 @@ class StepPlan:
         self.decode_context_sum = 0
         self.preempted: list[Request] = []
         self.shape: BatchShape | None = None
+        self.run_decode = True  # False: a prefill-only step (vLLM v0); decodes do not advance
+        self.swap_out_bytes = 0.0
+        self.swap_in_bytes = 0.0
+        self.swap_s = 0.0  # PCIe copy time of the swaps, added to the step's time
 
 
 class Scheduler:
-    """Continuous batching over one replica's KV cache."""
+    """Continuous (or static) batching over one replica's KV cache."""
 
     def __init__(self, kv: KVManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True):
+                 enable_chunked_prefill: bool = True, *, batching: str = "vllm-v1",
+                 scheduling_policy: str = "fcfs", preemption: str = "recompute",
+                 watermark_frac: float = 0.0, swap_capacity_blocks: int = 0, swap_bytes_per_block: float = 0.0,
+                 swap_bandwidth_bytes_per_s: float = float("inf")):
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs (as vLLM requires)")
         self.kv = kv
         self.bs = kv.block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.chunked = enable_chunked_prefill
-        self.waiting: deque[Request] = deque()
+        self.policy = batching_policies.get(batching, "engine.batching")()
+        self.chunked = enable_chunked_prefill and self.policy.can_chunk
+        self.waiting = queue_orders.get(scheduling_policy, "engine.scheduling_policy")()
+        self.preemption = preemption_modes.get(preemption, "engine.preemption")(
+            capacity_blocks=swap_capacity_blocks, bytes_per_block=swap_bytes_per_block,
+            bandwidth_bytes_per_s=swap_bandwidth_bytes_per_s)
+        self.swapped = self.preemption.swapped
+        self.watermark_blocks = int(watermark_frac * kv.pool.num_blocks)
         self.running: dict[int, Request] = {}     # admission order
         self.prefilling: dict[int, Request] = {}  # running requests not in steady decode
-        self.buckets: list[dict[int, Request]] = [dict() for _ in range(self.bs)]
+        self.padding: dict[int, Request] = {}     # static batching: finished rows kept to the batch end
+        self.padding_context_sum = 0
+        # bucket b < bs: offset residue b; bucket bs: contiguous reservations (never cross)
+        self.buckets: list[dict[int, Request]] = [dict() for _ in range(self.bs + 1)]
         self.num_decoding = 0
         self.decode_computed_sum = 0  # sum of num_computed over steady-decode requests
         self.step = 0
@@ -64,7 +87,7 @@ class Scheduler:
     # -- bookkeeping of the steady-decode set --------------------------------------------
     def _enter_decode(self, r: Request) -> None:
         r.decode_offset = r.num_computed - self.step
-        b = r.decode_offset % self.bs
+        b = self.bs if self.kv.contiguous else r.decode_offset % self.bs
         r.decode_bucket = b
         self.buckets[b][r.id] = r
         self.num_decoding += 1
@@ -88,21 +111,42 @@ class Scheduler:
         self.waiting.append(r)
 
     def has_work(self) -> bool:
-        return bool(self.running) or bool(self.waiting)
+        return bool(self.running) or bool(self.waiting) or bool(self.swapped)
+
+    def never_fits(self, r: Request) -> bool:
+        """``r`` can never run: its prompt (+ output, after a recompute) exceeds an unchunked
+        budget, or its KV footprint exceeds the cache less the watermark."""
+        total = r.prompt_tokens + r.output_tokens
+        if not self.chunked and total > self.max_num_batched_tokens:
+            return True
+        need = self.kv.blocks_for(self.kv.footprint_tokens(r))
+        return need + self.watermark_blocks > self.kv.pool.num_blocks
+
+    def start_running(self, r: Request, now: float) -> None:
+        r.state = RUNNING
+        if r.scheduled_s < 0:
+            r.scheduled_s = now
+        if r.preempted_at_s >= 0:
+            r.preempted_s += now - r.preempted_at_s
+            r.preempted_at_s = -1.0
+        self.running[r.id] = r
+        self.prefilling[r.id] = r
 
     # -- preemption ----------------------------------------------------------------------
-    def _preempt_last(self, plan: StepPlan) -> Request:
-        victim = self.running[next(reversed(self.running))]
+    def _preempt(self, plan: StepPlan, now: float) -> Request:
+        victim = self.waiting.victim(self.running, self.padding)
         if victim.decode_bucket >= 0:
             self._leave_decode(victim)
         else:
             del self.prefilling[victim.id]
+            for i, (q, n) in enumerate(plan.prefills):
+                if q is victim:  # already given tokens this step (a priority victim)
+                    del plan.prefills[i]
+                    break
         del self.running[victim.id]
-        self.kv.release(victim)
-        victim.num_computed = 0
         victim.num_preemptions += 1
-        victim.state = WAITING
-        self.waiting.appendleft(victim)
+        victim.preempted_at_s = now
+        self.preemption.evict(self, victim, plan, now)
         self.num_preemptions += 1
         plan.preempted.append(victim)
         return victim
@@ -110,25 +154,41 @@ class Scheduler:
     # -- one step ------------------------------------------------------------------------
     def schedule(self, now: float = 0.0) -> StepPlan:
         plan = StepPlan()
+        pol = self.policy
+        if pol.prefill_first and not self.swapped:
+            self._admit(plan, now, self.max_num_batched_tokens)
+            if plan.prefills:
+                plan.run_decode = False
+                return self._shape(plan)
+        if pol.static and not self.running and not self.swapped:
+            self._admit(plan, now, self.max_num_batched_tokens)
+            return self._shape(plan)
+        budget = self._run_running(plan, now)
+        if not plan.preempted:
+            budget = self.preemption.resume(self, plan, budget, now)
+            if not self.swapped and not pol.prefill_first and not pol.static:
+                self._admit(plan, now, budget)
+        return self._shape(plan)
+
+    def _run_running(self, plan: StepPlan, now: float) -> int:
+        """Stages 1-2: steady decodes (one token each), then running prefills in admission order."""
         pool = self.kv.pool
         budget = self.max_num_batched_tokens
-        # 1. steady decodes: one token each; those crossing a block boundary need a block
         crossing = self.buckets[(-self.step) % self.bs]
         while len(crossing) > pool.num_free:
-            self._preempt_last(plan)
+            self._preempt(plan, now)
         for r in crossing.values():
             r.blocks.append(pool.allocate_one())
         plan.num_decode = self.num_decoding
         plan.decode_context_sum = self.decode_computed_sum + self.num_decoding
         budget -= self.num_decoding
-        # 2. running requests still prefilling (chunked, or resumed), in admission order
         for r in list(self.prefilling.values()):
             if r.state != RUNNING or budget <= 0:
                 continue
             remaining = r.num_tokens - r.num_computed
             n = remaining if remaining <= budget else budget
             while not self.kv.grow(r, r.num_computed + n):
-                victim = self._preempt_last(plan)
+                victim = self._preempt(plan, now)
                 if victim is r:
                     n = 0
                     break
@@ -138,46 +198,58 @@ class Scheduler:
         if plan.preempted:  # a decode admitted after a prefilling request may have been a victim
             plan.num_decode = self.num_decoding
             plan.decode_context_sum = self.decode_computed_sum + self.num_decoding
-        # 3. waiting requests, if nothing was preempted this step
-        if not plan.preempted:
-            waiting = self.waiting
-            while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                r = waiting[0]
-                remaining = r.num_tokens - r.num_computed
-                if remaining > budget and not self.chunked:
-                    break
-                n = remaining if remaining <= budget else budget
-                if not self.kv.grow(r, r.num_computed + n):
-                    break
-                waiting.popleft()
-                r.state = RUNNING
-                if r.scheduled_s < 0:
-                    r.scheduled_s = now
-                self.running[r.id] = r
-                self.prefilling[r.id] = r
-                plan.prefills.append((r, n))
-                budget -= n
-        sampled = plan.num_decode
+            budget = self.max_num_batched_tokens - self.num_decoding - sum(n for _, n in plan.prefills)
+        return budget
+
+    def _admit(self, plan: StepPlan, now: float, budget: int) -> int:
+        """Stage 3: waiting requests in queue order while budget, slots and blocks allow."""
+        waiting, kv = self.waiting, self.kv
+        free_needed = self.watermark_blocks
+        while waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            r = waiting[0]
+            remaining = r.num_tokens - r.num_computed
+            if remaining > budget and not self.chunked:
+                break
+            n = remaining if remaining <= budget else budget
+            if free_needed and kv.extra_blocks(r, r.num_computed + n) + free_needed > kv.pool.num_free:
+                break
+            if not kv.grow(r, r.num_computed + n):
+                break
+            waiting.popleft()
+            self.start_running(r, now)
+            plan.prefills.append((r, n))
+            budget -= n
+        return budget
+
+    def _shape(self, plan: StepPlan) -> StepPlan:
+        pad = len(self.padding) if plan.run_decode else 0
+        if not plan.run_decode:
+            plan.num_decode = plan.decode_context_sum = 0
+        sampled = plan.num_decode + pad
         chunks = []
         for r, n in plan.prefills:
             chunks.append((n, r.num_computed))
             if r.num_computed + n == r.num_tokens:
                 sampled += 1
-        plan.shape = BatchShape(chunks, plan.num_decode, plan.decode_context_sum, sampled)
+        ctx = plan.decode_context_sum + (self.padding_context_sum + pad if pad else 0)
+        plan.shape = BatchShape(chunks, plan.num_decode + pad, ctx, sampled)
+        if plan.swap_out_bytes or plan.swap_in_bytes:
+            plan.swap_s = self.preemption.copy_s(plan)
         return plan
 
     def complete(self, plan: StepPlan, now: float, on_finish) -> int:
         """Apply a step's results at time ``now``; returns the number of decode tokens emitted."""
-        self.step += 1
-        self.decode_computed_sum += self.num_decoding
-        # steady decodes that reached their last token
-        heap = self._finish_heap
-        while heap and heap[0][0] <= self.step:
-            fs, _, r = heapq.heappop(heap)
-            if r.finish_step != fs or r.decode_bucket < 0:
-                continue  # stale entry (preempted since)
-            self._leave_decode(r)
-            self._finish(r, now, on_finish)
+        if plan.run_decode:
+            self.step += 1
+            self.decode_computed_sum += self.num_decoding
+            # steady decodes that reached their last token
+            heap = self._finish_heap
+            while heap and heap[0][0] <= self.step:
+                fs, _, r = heapq.heappop(heap)
+                if r.finish_step != fs or r.decode_bucket < 0:
+                    continue  # stale entry (preempted since)
+                self._leave_decode(r)
+                self._finish(r, now, on_finish)
         # prefills (and resumed requests)
         for r, n in plan.prefills:
             if r.state != RUNNING:
@@ -197,9 +269,22 @@ class Scheduler:
                     self._finish(r, now, on_finish)
                 else:
                     self._enter_decode(r)
+        if self.padding and len(self.padding) == len(self.running) and not self.swapped:
+            for r in list(self.padding.values()):  # the static batch's longest request ended
+                self._release(r, now, on_finish)
+            self.padding.clear()
+            self.padding_context_sum = 0
         return plan.num_decode
 
     def _finish(self, r: Request, now: float, on_finish) -> None:
+        if self.policy.static:
+            self.padding[r.id] = r  # stays in the batch as a padded row
+            self.padding_context_sum += r.num_tokens
+            r.last_token_s = now
+            return
+        self._release(r, now, on_finish)
+
+    def _release(self, r: Request, now: float, on_finish) -> None:
         del self.running[r.id]
         self.kv.release(r)
         r.state = FINISHED
@@ -211,11 +296,12 @@ class Scheduler:
     def decode_run_length(self, limit: int) -> int:
         """How many next steps are pure steady decode with nothing else able to happen.
 
-        Such a run has no prefill, no admission (queue empty, or the sequence cap reached),
-        no preemption (the blocks it needs fit in the free pool) and at most one completion
-        point, its last step. The caller bounds it further by the next external arrival.
+        Such a run has no prefill, no admission (queue empty, the sequence cap reached, or
+        the head blocked), no swapped request, no padded row, no preemption (the blocks it
+        needs fit in the free pool) and at most one completion point, its last step. The
+        caller bounds it further by the next external arrival.
         """
-        if self.prefilling or not self.num_decoding:
+        if self.prefilling or not self.num_decoding or self.swapped or self.padding:
             return 0
         if self.waiting and len(self.running) < self.max_num_seqs and not self._head_blocked():
             return 0
@@ -234,15 +320,17 @@ class Scheduler:
     def _head_blocked(self) -> bool:
         """The queue head cannot be admitted for lack of blocks (and free blocks only shrink
         during a decode run, so it stays blocked until something finishes)."""
+        if self.policy.static:
+            return True  # a static batch is never refilled
         r = self.waiting[0]
-        budget = self.max_num_batched_tokens - self.num_decoding
+        budget = self.max_num_batched_tokens - (0 if self.policy.prefill_first else self.num_decoding)
         if budget <= 0:
             return True
         remaining = r.num_tokens - r.num_computed
         if remaining > budget and not self.chunked:
             return True
         n = remaining if remaining <= budget else budget
-        return self.kv.extra_blocks(r, r.num_computed + n) > self.kv.pool.num_free
+        return self.kv.extra_blocks(r, r.num_computed + n) + self.watermark_blocks > self.kv.pool.num_free
 
     def decode_run_allocate(self, k: int) -> list[int]:
         """Allocate the blocks of a k-step decode run, in stepping order; used blocks after each step."""
@@ -278,7 +366,10 @@ class Scheduler:
             assert 0 <= c <= r.num_tokens if r.decode_bucket < 0 else c < r.prompt_tokens + r.output_tokens
             assert len(r.blocks) * self.bs >= c
         assert all(r.state == WAITING and not r.blocks for r in self.waiting)
+        assert all(r.state == SWAPPED and not r.blocks and r.swapped_blocks for r in self.swapped)
+        assert sum(r.swapped_blocks for r in self.swapped) == self.preemption.used_blocks
         assert len(self.running) <= self.max_num_seqs
+        assert set(self.padding) <= set(self.running)
 
 
 __all__ = ["Scheduler", "StepPlan", "REJECTED"]

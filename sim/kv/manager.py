@@ -5,7 +5,14 @@ computed (ceil(tokens / block_size)), allocation as a request grows, release on 
 preemption; the capacity of the pool from GPU memory x utilisation - weights - activation
 reserve, as vLLM sizes it after its profiling run.
 
-Ignores: prefix-key hashing (engine prefix caching adds keys), sliding windows.
+Two modes: ``paged`` (PagedAttention: blocks are added as tokens are computed) and
+``contiguous`` (the pre-PagedAttention reservation of Orca and FasterTransformer, Kwon et
+al., SOSP'23, section 3: at admission a request reserves its maximum length, prompt +
+``max_tokens`` (or ``max_model_len`` when no ``max_tokens`` is given), and never grows).
+
+Ignores: prefix-key hashing (engine prefix caching adds keys), sliding windows; in
+contiguous mode, external fragmentation (reservations are counted in blocks, as if any free
+blocks could form one slab) and rounding to a block.
 """
 from __future__ import annotations
 
@@ -51,21 +58,39 @@ def kv_capacity_blocks(model: ModelSpec, hw: HardwareProfile, block_size_tokens:
 class KVManager:
     """Allocates and frees the blocks of requests (each with a ``blocks`` list)."""
 
-    def __init__(self, pool: BlockPool):
+    def __init__(self, pool: BlockPool, contiguous: bool = False, max_model_len: int = 1 << 62,
+                 max_tokens: int | None = None):
         self.pool = pool
         self.block_size = pool.block_size_tokens
+        self.contiguous = contiguous
+        self.max_model_len = max_model_len
+        self.max_tokens = max_tokens
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def footprint_tokens(self, req) -> int:
+        """Tokens of KV ``req`` holds at its largest: its full length, or its reservation."""
+        total = req.prompt_tokens + req.output_tokens
+        if not self.contiguous:
+            return total
+        if self.max_tokens is None:
+            return max(self.max_model_len, total)
+        return max(min(req.prompt_tokens + self.max_tokens, self.max_model_len), total)
+
+    def _need(self, req, num_tokens: int) -> int:
+        if self.contiguous and not req.blocks:
+            num_tokens = max(num_tokens, self.footprint_tokens(req))
+        return -(-num_tokens // self.block_size) - len(req.blocks)
+
     def extra_blocks(self, req, num_tokens: int) -> int:
         """Blocks ``req`` must add to hold KV for ``num_tokens`` tokens."""
-        need = -(-num_tokens // self.block_size) - len(req.blocks)
+        need = self._need(req, num_tokens)
         return need if need > 0 else 0
 
     def grow(self, req, num_tokens: int) -> bool:
         """Ensure ``req`` holds blocks for ``num_tokens`` tokens; False if the pool is short."""
-        need = -(-num_tokens // self.block_size) - len(req.blocks)
+        need = self._need(req, num_tokens)
         if need <= 0:
             return True
         if need > self.pool.num_free:

@@ -1,8 +1,9 @@
 """Append-only records of a run: one row per request, one per engine iteration.
 
 Models: what a serving engine's metrics would log: per request its arrival, first
-scheduling, first token, finish, output tokens and preemptions; per iteration its start,
-step time and breakdown, batch shape, queue lengths and KV blocks in use.
+scheduling, first token, finish, output tokens, priority, preemptions and the time spent
+preempted and KV bytes swapped; per iteration its start, step time and breakdown, batch
+shape, queue lengths, KV blocks in use and KV swap traffic (bytes, PCIe seconds).
 
 Ignores: per-token timestamps. Inter-token latencies are exact without them: a request in
 steady decode emits one token per iteration, so its inter-token gap is that iteration's
@@ -17,10 +18,12 @@ import pandas as pd
 from sim.engine.request import REJECTED
 
 REQUEST_COLUMNS = ["request_id", "replica", "arrival_s", "scheduled_s", "first_token_s", "finish_s",
-                   "prompt_tokens", "output_tokens", "num_preemptions", "rejected", "client"]
+                   "prompt_tokens", "output_tokens", "num_preemptions", "rejected", "client",
+                   "priority", "preempted_s", "swap_bytes"]
 ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_prefill_tokens",
                      "num_decode", "decode_context_sum", "num_running", "num_waiting", "kv_used_blocks",
-                     "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s"]
+                     "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s",
+                     "swap_bytes", "swap_s"]
 
 
 class Recorder:
@@ -33,14 +36,16 @@ class Recorder:
         self.extra_itl_s: list[float] = []
         # fast-forwarded decode runs, column-wise (prefill and preemption columns are zero)
         self._run_cols: dict[str, list] = {c: [] for c in ITERATION_COLUMNS
-                                           if c not in ("num_prefill_reqs", "num_prefill_tokens", "num_preempted")}
+                                           if c not in ("num_prefill_reqs", "num_prefill_tokens", "num_preempted",
+                                                         "swap_bytes", "swap_s")}
         self.num_done = 0
         self.progress = None  # optional callable(num_done)
 
     def request_done(self, r) -> None:
         self.requests.append((r.id, r.replica, r.arrival_s, r.scheduled_s, r.first_token_s, r.finish_s,
                               r.prompt_tokens, r.num_output if r.state != REJECTED else 0,
-                              r.num_preemptions, r.state == REJECTED, r.client))
+                              r.num_preemptions, r.state == REJECTED, r.client,
+                              r.priority, r.preempted_s, r.swap_bytes))
         if r.extra_itl_s:
             self.extra_itl_s.extend(r.extra_itl_s)
         self.num_done += 1
@@ -48,12 +53,13 @@ class Recorder:
             self.progress(self.num_done)
 
     def iteration(self, replica: int, start_s: float, st, shape, num_running: int, num_waiting: int,
-                  kv_used_blocks: int, num_preempted: int) -> None:
+                  kv_used_blocks: int, num_preempted: int, swap_bytes: float = 0.0,
+                  swap_s: float = 0.0) -> None:
         chunks = shape.prefill_chunks
         self.iterations.append((replica, start_s, st.total_s, len(chunks), sum(c for c, _ in chunks),
                                 shape.num_decode, shape.decode_context_sum, num_running, num_waiting,
                                 kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
-                                st.comm_s, st.host_s))
+                                st.comm_s, st.host_s, swap_bytes, swap_s))
 
     def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
                    fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
@@ -105,5 +111,6 @@ class Recorder:
             df = df.sort_values(["replica", "start_s"], kind="stable").reset_index(drop=True)
         df = df.astype({c: "int64" for c in ITERATION_COLUMNS if c.startswith("num_") or c in
                         ("replica", "decode_context_sum", "kv_used_blocks")})
+        df = df.astype({"swap_bytes": "float64", "swap_s": "float64"})
         df["kv_usage_frac"] = df["kv_used_blocks"] / self.kv_blocks_total
         return df

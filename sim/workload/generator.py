@@ -6,7 +6,10 @@ prompt and output length of each request in order, drawn from named RNG streams
 both arrivals and lengths; a lengths-only trace gives lengths, paired with the configured
 arrival process.
 
-Ignores: multi-turn sessions (a later issue), priorities (engine policies).
+An optional ``workload.priority`` distribution gives each request a priority class, drawn
+in request order from its own stream ("workload.priority"), so adding it shifts nothing else.
+
+Ignores: multi-turn sessions (a later issue).
 """
 from __future__ import annotations
 
@@ -35,14 +38,36 @@ class RequestStream:
     hash_ids: list | None = None
     hash_block_tokens: int | None = None
     more_lengths: object = None               # callable(n) -> (prompt, output), closed loop by duration
+    priority_of: object = None                # callable(i) -> priority of request i (workload.priority)
 
     @property
     def closed(self) -> bool:
         return self.concurrency is not None
 
 
+class _Priorities:
+    """Priorities of requests 0, 1, 2, ... drawn in chunks from one named stream."""
+
+    def __init__(self, dist, rng):
+        self.dist, self.rng = dist, rng
+        self.values = np.zeros(0, np.int64)
+
+    def __call__(self, i: int) -> int:
+        while i >= len(self.values):
+            self.values = np.concatenate([self.values, self.dist.sample(_CHUNK, self.rng)])
+        return int(self.values[i])
+
+
 def build_stream(w: WorkloadConfig, base_dir: str, streams: RngStreams) -> RequestStream:
     """The request stream of workload ``w`` (errors name the config key)."""
+    stream = _build_stream(w, base_dir, streams)
+    if w.priority is not None:
+        dist = lengths.build(w.priority.name, w.priority.params, key="workload.priority", base_dir=base_dir)
+        stream.priority_of = _Priorities(dist, streams.stream("workload.priority"))
+    return stream
+
+
+def _build_stream(w: WorkloadConfig, base_dir: str, streams: RngStreams) -> RequestStream:
     if w.num_requests is None and w.duration_s is None and w.trace is None:
         raise ConfigError("workload.num_requests", "give workload.num_requests or workload.duration_s")
     proc = arrivals.build(w.arrival.name, w.arrival.params, key="workload.arrival")
