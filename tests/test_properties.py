@@ -3,9 +3,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sim
-from sim.engine.request import FINISHED, REJECTED
 from tests.conftest import small_config
-from tests.engine_helpers import drive
+from tests.engine_helpers import assert_drained, drive
 
 workloads = st.lists(st.tuples(st.floats(0, 0.5), st.integers(1, 120), st.integers(1, 60)), min_size=1, max_size=25)
 engines = st.fixed_dictionaries({
@@ -22,12 +21,7 @@ def test_blocks_conserved_no_request_lost_computed_bounded(reqs, eng):
                             max_num_seqs=eng["max_num_seqs"],
                             max_num_batched_tokens=eng["max_num_seqs"] + eng["extra_budget"],
                             chunked=eng["chunked"])
-    assert len(rec.requests) == len(reqs)
-    for r in out:
-        assert r.state in (FINISHED, REJECTED)
-        if r.state == FINISHED:
-            assert r.num_output == r.output_tokens and r.finish_s >= r.first_token_s >= r.arrival_s
-    assert sched.kv.pool.num_free == eng["num_blocks"] and not sched.running and not sched.waiting
+    assert_drained(rec, sched, out, eng["num_blocks"])
 
 
 @settings(max_examples=60, deadline=None)

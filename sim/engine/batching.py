@@ -8,6 +8,8 @@ each a set of flags the core reads:
 - ``prefill_first``: a step that can admit new prompts runs only those prompts (no decodes);
 - ``static``: a batch is formed only when the engine is empty, is never refilled, and every
   row is computed until the longest request ends (finished rows are padding);
+- ``token_budget``: ``max_num_batched_tokens`` limits a step (else only ``max_num_seqs``
+  and the KV cache do, as in Orca and request-level batching);
 
 plus Sarathi-Serve's stall-free token budget (:func:`stall_free_budget`).
 
@@ -23,6 +25,7 @@ batching_policies: Registry = Registry("batching policy")
 
 
 class _Flags:
+    token_budget = True
     can_chunk = True
     default_chunked = True
     prefill_first = False
@@ -39,9 +42,11 @@ class Static(_Flags):
     charged a decode row every step, and their results are returned when the batch ends
     (Yu et al., "Orca", OSDI'22, section 2.2: "the serving system ... cannot return finished
     requests early ... and newly arrived requests have to wait until the current batch
-    completes"). The padded rows' context is held at its final length.
+    completes"). The padded rows' context is held at its final length. The batch is limited
+    by ``max_num_seqs`` and the KV cache, not by a token budget.
     """
 
+    token_budget = False
     can_chunk = False
     default_chunked = False
     static = True
@@ -55,9 +60,12 @@ class Orca(_Flags):
     at the next iteration. A new request's whole prompt (the "initiation phase") runs in the
     same iteration as the others' decode tokens ("increment phase"); prompts are never split.
     Orca reserves KV for a request's maximum length at admission (section 4.2), so the
-    ``orca`` preset pairs this policy with ``kv_mode: contiguous``.
+    ``orca`` preset pairs this policy with ``kv_mode: contiguous``. Orca's scheduler
+    (Algorithm 1) bounds a batch by its maximum batch size and KV slots only, so
+    ``max_num_batched_tokens`` is not applied.
     """
 
+    token_budget = False
     can_chunk = False
     default_chunked = False
 

@@ -63,8 +63,9 @@ class Scheduler:
         self.kv = kv
         self.bs = kv.block_size
         self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = batching_policies.get(batching, "engine.batching")()
+        # Orca and static batching bound a step by sequences and KV only
+        self.max_num_batched_tokens = max_num_batched_tokens if self.policy.token_budget else 1 << 62
         self.chunked = enable_chunked_prefill and self.policy.can_chunk
         self.waiting = queue_orders.get(scheduling_policy, "engine.scheduling_policy")()
         self.preemption = preemption_modes.get(preemption, "engine.preemption")(
@@ -83,6 +84,7 @@ class Scheduler:
         self.step = 0
         self._finish_heap: list[tuple[int, int, Request]] = []
         self.num_preemptions = 0
+        self._on_finish = None  # static batching: the callback that returns padded rows
 
     # -- bookkeeping of the steady-decode set --------------------------------------------
     def _enter_decode(self, r: Request) -> None:
@@ -160,15 +162,37 @@ class Scheduler:
             if plan.prefills:
                 plan.run_decode = False
                 return self._shape(plan)
-        if pol.static and not self.running and not self.swapped:
-            self._admit(plan, now, self.max_num_batched_tokens)
-            return self._shape(plan)
+        if pol.static:
+            return self._schedule_static(plan, now)
         budget = self._run_running(plan, now)
         if not plan.preempted:
             budget = self.preemption.resume(self, plan, budget, now)
-            if not self.swapped and not pol.prefill_first and not pol.static:
+            if not self.swapped and not pol.prefill_first:
                 self._admit(plan, now, budget)
         return self._shape(plan)
+
+    def _schedule_static(self, plan: StepPlan, now: float) -> StepPlan:
+        """Static batching: run the batch; form a new one only when the engine is empty."""
+        if self.running:
+            budget = self._run_running(plan, now)
+            if self.padding and len(self.padding) == len(self.running):
+                self._end_batch(now)  # its last live row was just preempted
+            else:
+                if not plan.preempted:
+                    self.preemption.resume(self, plan, budget, now)
+                return self._shape(plan)
+        if self.swapped:  # rows of an earlier batch swapped out: they go first
+            self.preemption.resume(self, plan, self.max_num_batched_tokens, now)
+        else:
+            self._admit(plan, now, self.max_num_batched_tokens)
+        return self._shape(plan)
+
+    def _end_batch(self, now: float) -> None:
+        """A static batch ended: return its padded rows."""
+        for r in list(self.padding.values()):
+            self._release(r, now, self._on_finish)
+        self.padding.clear()
+        self.padding_context_sum = 0
 
     def _run_running(self, plan: StepPlan, now: float) -> int:
         """Stages 1-2: steady decodes (one token each), then running prefills in admission order."""
@@ -269,15 +293,14 @@ class Scheduler:
                     self._finish(r, now, on_finish)
                 else:
                     self._enter_decode(r)
-        if self.padding and len(self.padding) == len(self.running) and not self.swapped:
-            for r in list(self.padding.values()):  # the static batch's longest request ended
-                self._release(r, now, on_finish)
-            self.padding.clear()
-            self.padding_context_sum = 0
+        if self.padding and len(self.padding) == len(self.running):
+            self._on_finish = on_finish
+            self._end_batch(now)  # the static batch's longest request ended
         return plan.num_decode
 
     def _finish(self, r: Request, now: float, on_finish) -> None:
         if self.policy.static:
+            self._on_finish = on_finish
             self.padding[r.id] = r  # stays in the batch as a padded row
             self.padding_context_sum += r.num_tokens
             r.last_token_s = now
