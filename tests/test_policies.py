@@ -27,6 +27,7 @@ def test_static_batch_runs_to_its_longest_request_with_padded_rows():
     assert list(it.num_prefill_tokens) == [48, 0, 0, 0, 0, 16, 0]
     assert list(it.num_decode) == [0, 3, 3, 3, 3, 0, 1]
     assert times(reqs) == [(0.01, 0.05), (0.01, 0.05), (0.01, 0.05), (0.06, 0.07)]
+    assert list(it.num_itl_tokens) == [0, 3, 2, 1, 1, 0, 1] and not rec.extra_itl_s  # padded rows emit nothing
     assert all(r.num_output == r.output_tokens for r in reqs) and sched.kv.pool.num_free == 64
 
 
@@ -51,6 +52,9 @@ def test_vllm_v0_prefill_first_stalls_decodes():
     assert list(it.num_prefill_tokens) == [48, 0, 16, 0, 0, 0]
     assert list(it.num_decode) == [0, 3, 0, 3, 1, 1]  # the step that admits #3 decodes nobody
     assert times(reqs) == [(0.01, 0.02), (0.01, 0.06), (0.01, 0.04), (0.03, 0.04)]
+    # ITL: #1 and #2 waited through the prefill-only step: their next gap is 20 ms, not one step
+    assert list(it.num_itl_tokens) == [0, 3, 0, 1, 1, 1]
+    assert rec.extra_itl_s == pytest.approx([0.02, 0.02])
 
 
 def test_vllm_v0_watermark_keeps_blocks_free():
@@ -188,5 +192,6 @@ def test_policy_table_expected_orders_at_small_size():
     assert paged["output_tok_per_s"] > contig["output_tok_per_s"]
     # chunked prefill (small budget) lowers TPOT p99 versus prefill-first
     assert rows["sarathi-serve (512)"]["tpot_p99_s"] < rows["vllm-v0"]["tpot_p99_s"]
+    assert rows["sarathi-serve (512)"]["itl_p99_s"] < rows["vllm-v0"]["itl_p99_s"]
     assert rows["vllm-v1, swap"]["swap_gb"] > 0
     assert "| static |" in mod.markdown(list(rows.values()))

@@ -1,9 +1,10 @@
 """Hypothesis properties across every engine policy: blocks conserved, no request lost,
-host swap space balanced, fast-forward == stepping bit for bit (hand-built engines, and
-whole runs under every preset)."""
+host swap space balanced, every inter-token gap counted once, fast-forward == stepping
+bit for bit (hand-built engines, and whole runs under every preset)."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sim.engine.request import FINISHED
 from tests.engine_helpers import assert_drained, drive
 
 workloads = st.lists(st.tuples(st.floats(0, 0.5), st.integers(1, 120), st.integers(1, 60), st.integers(0, 3)),
@@ -38,6 +39,14 @@ def test_every_policy_conserves_blocks_and_loses_no_request(reqs, eng):
     it = rec.iterations_frame()
     assert it.num_preempted.sum() == sum(r.num_preemptions for r in out)
     assert it.swap_bytes.sum() == sum(r.swap_bytes for r in out)
+    # every inter-token gap counted once: a step's ITL rows plus the gaps spanning steps;
+    # and (padded rows aside, whose results wait for the batch end) they add up to the
+    # time from first to last token
+    done = [r for r in out if r.state == FINISHED]
+    assert it.num_itl_tokens.sum() + len(rec.extra_itl_s) == sum(r.num_output - 1 for r in done)
+    if eng["batching"] != "static":
+        total = (it.step_s * it.num_itl_tokens).sum() + sum(rec.extra_itl_s)
+        assert abs(total - sum(r.finish_s - r.first_token_s for r in done)) < 1e-6
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -149,4 +149,5 @@ class Replica:
             yield env.timeout(st.total_s)
             sched.complete(plan, env.now, finished)
             rec.iteration(self.index, start, st, plan.shape, num_running, num_waiting,
-                          kv_used, len(plan.preempted), plan.swap_out_bytes + plan.swap_in_bytes, plan.swap_s)
+                          kv_used, len(plan.preempted), plan.swap_out_bytes + plan.swap_in_bytes, plan.swap_s,
+                          plan.num_itl_tokens)

@@ -36,7 +36,7 @@ class StepPlan:
     """What one step computes: prefill entries (request, new tokens) and the decode set size."""
 
     __slots__ = ("prefills", "num_decode", "decode_context_sum", "shape", "preempted", "run_decode",
-                 "swap_out_bytes", "swap_in_bytes", "swap_s")
+                 "swap_out_bytes", "swap_in_bytes", "swap_s", "late")
 
     def __init__(self):
         self.prefills: list[tuple[Request, int]] = []
@@ -48,6 +48,12 @@ class StepPlan:
         self.swap_out_bytes = 0.0
         self.swap_in_bytes = 0.0
         self.swap_s = 0.0  # PCIe copy time of the swaps, added to the step's time
+        self.late: list[tuple[Request, float]] = []  # decodes stalled by prefill-only steps: (request, last token s)
+
+    @property
+    def num_itl_tokens(self) -> int:
+        """Decode tokens whose gap since the request's previous token is this step's time."""
+        return self.num_decode - len(self.late)
 
 
 class Scheduler:
@@ -85,6 +91,8 @@ class Scheduler:
         self._finish_heap: list[tuple[int, int, Request]] = []
         self.num_preemptions = 0
         self._on_finish = None  # static batching: the callback that returns padded rows
+        self.decode_end_s = -1.0  # end of the last step that advanced the steady decodes
+        self._stalled = False     # a prefill-only step (vLLM v0) held the decodes since then
 
     # -- bookkeeping of the steady-decode set --------------------------------------------
     def _enter_decode(self, r: Request) -> None:
@@ -138,6 +146,8 @@ class Scheduler:
     def _preempt(self, plan: StepPlan, now: float) -> Request:
         victim = self.waiting.victim(self.running, self.padding)
         if victim.decode_bucket >= 0:
+            # its last token: when it entered decode, or the last step that ran the decodes
+            victim.last_token_s = max(victim.last_token_s, self.decode_end_s)
             self._leave_decode(victim)
         else:
             del self.prefilling[victim.id]
@@ -223,7 +233,22 @@ class Scheduler:
             plan.num_decode = self.num_decoding
             plan.decode_context_sum = self.decode_computed_sum + self.num_decoding
             budget = self.max_num_batched_tokens - self.num_decoding - sum(n for _, n in plan.prefills)
+        if self._stalled:
+            plan.late = self._late_decodes(now)
         return budget
+
+    def _late_decodes(self, now: float) -> list[tuple[Request, float]]:
+        """Steady decodes whose previous token came before this step started (a prefill-only
+        step stalled them): their next gap is not this step's time. O(decodes), only on the
+        first decode step after a stall."""
+        end = self.decode_end_s
+        late = []
+        for bucket in self.buckets:
+            for r in bucket.values():
+                prev = r.last_token_s if r.last_token_s > end else end
+                if prev != now:
+                    late.append((r, prev))
+        return late
 
     def _admit(self, plan: StepPlan, now: float, budget: int) -> int:
         """Stage 3: waiting requests in queue order while budget, slots and blocks allow."""
@@ -264,6 +289,12 @@ class Scheduler:
     def complete(self, plan: StepPlan, now: float, on_finish) -> int:
         """Apply a step's results at time ``now``; returns the number of decode tokens emitted."""
         if plan.run_decode:
+            for r, prev in plan.late:
+                if r.extra_itl_s is None:
+                    r.extra_itl_s = []
+                r.extra_itl_s.append(now - prev)
+            self.decode_end_s = now
+            self._stalled = False
             self.step += 1
             self.decode_computed_sum += self.num_decoding
             # steady decodes that reached their last token
@@ -274,6 +305,8 @@ class Scheduler:
                     continue  # stale entry (preempted since)
                 self._leave_decode(r)
                 self._finish(r, now, on_finish)
+        elif self.num_decoding:
+            self._stalled = True  # the decodes sat out this step
         # prefills (and resumed requests)
         for r, n in plan.prefills:
             if r.state != RUNNING:
@@ -320,11 +353,12 @@ class Scheduler:
         """How many next steps are pure steady decode with nothing else able to happen.
 
         Such a run has no prefill, no admission (queue empty, the sequence cap reached, or
-        the head blocked), no swapped request, no padded row, no preemption (the blocks it
-        needs fit in the free pool) and at most one completion point, its last step. The
+        the head blocked), no swapped request, no padded row, no decode stalled by a
+        prefill-only step, no preemption (the blocks it needs fit in the free pool) and at
+        most one completion point, its last step. The
         caller bounds it further by the next external arrival.
         """
-        if self.prefilling or not self.num_decoding or self.swapped or self.padding:
+        if self.prefilling or not self.num_decoding or self.swapped or self.padding or self._stalled:
             return 0
         if self.waiting and len(self.running) < self.max_num_seqs and not self._head_blocked():
             return 0

@@ -7,8 +7,10 @@ shape, queue lengths, KV blocks in use and KV swap traffic (bytes, PCIe seconds)
 
 Ignores: per-token timestamps. Inter-token latencies are exact without them: a request in
 steady decode emits one token per iteration, so its inter-token gap is that iteration's
-step time (iterations are weighted by their decode count); gaps that are not one step
-(a preempted request's first token after it resumes) are kept per request.
+step time (iterations are weighted by ``num_itl_tokens``); gaps that are not one step (a
+preempted request's first token after it resumes, a decode's next token after prefill-only
+steps held it) are kept per request. ``num_decode`` counts the decode rows the GPU ran,
+including static batching's padded rows, which emit no token.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ REQUEST_COLUMNS = ["request_id", "replica", "arrival_s", "scheduled_s", "first_t
 ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_prefill_tokens",
                      "num_decode", "decode_context_sum", "num_running", "num_waiting", "kv_used_blocks",
                      "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s",
-                     "swap_bytes", "swap_s"]
+                     "swap_bytes", "swap_s", "num_itl_tokens"]
 
 
 class Recorder:
@@ -54,12 +56,13 @@ class Recorder:
 
     def iteration(self, replica: int, start_s: float, st, shape, num_running: int, num_waiting: int,
                   kv_used_blocks: int, num_preempted: int, swap_bytes: float = 0.0,
-                  swap_s: float = 0.0) -> None:
+                  swap_s: float = 0.0, num_itl_tokens: int | None = None) -> None:
         chunks = shape.prefill_chunks
         self.iterations.append((replica, start_s, st.total_s, len(chunks), sum(c for c, _ in chunks),
                                 shape.num_decode, shape.decode_context_sum, num_running, num_waiting,
                                 kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
-                                st.comm_s, st.host_s, swap_bytes, swap_s))
+                                st.comm_s, st.host_s, swap_bytes, swap_s,
+                                shape.num_decode if num_itl_tokens is None else num_itl_tokens))
 
     def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
                    fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
@@ -71,6 +74,7 @@ class Recorder:
         c["start_s"].extend(starts)
         c["step_s"].extend(totals)
         c["num_decode"].extend([n] * k)
+        c["num_itl_tokens"].extend([n] * k)
         c["decode_context_sum"].extend(range(context_sum, context_sum + n * k, n) if n else [context_sum] * k)
         c["num_running"].extend([num_running] * k)
         c["num_waiting"].extend([num_waiting] * k)

@@ -45,9 +45,10 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict:
 
 
 def itl_stats(iterations: pd.DataFrame, extra_itl_s: list[float]) -> dict:
-    """Inter-token latency: each iteration's step time weighted by its decode tokens."""
+    """Inter-token latency: each iteration's step time weighted by the decode tokens whose
+    gap it is (``num_itl_tokens``), plus the gaps that span several steps."""
     vals = iterations["step_s"].to_numpy()
-    w = iterations["num_decode"].to_numpy()
+    w = iterations["num_itl_tokens" if "num_itl_tokens" in iterations else "num_decode"].to_numpy()
     if extra_itl_s:
         vals = np.concatenate([vals, np.asarray(extra_itl_s)])
         w = np.concatenate([w, np.ones(len(extra_itl_s))])
