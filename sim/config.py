@@ -87,7 +87,7 @@ class EngineConfig:
 
     Fields left None take their value from ``preset`` if it sets them, else the base
     default (vLLM v1's); this happens at construction, so a loaded config always shows the
-    expanded values (see ``sim.engine.presets`` and docs/engine_policies.md).
+    expanded values (see ``sim.engine.presets`` and docs/policies.md).
     """
 
     preset: str | None = field(default=None, metadata=_c(
