@@ -17,7 +17,7 @@ import triton.testing
 
 from .kernels import attn_decode, attn_prefill, elementwise, gemm
 
-WARMUP_MS, REP_MS = 5, 20
+TIMING = {"warmup_ms": 5, "rep_ms": 20}  # do_bench settings; --quick lowers them
 # CALIBRATE_DEVICE=cpu (with TRITON_INTERPRET=1) only exercises the pipeline on a CPU; the
 # numbers it writes are meaningless.  Real runs use the default, cuda.
 DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
@@ -37,7 +37,7 @@ def bench(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
-    return triton.testing.do_bench(fn, warmup=WARMUP_MS, rep=REP_MS, return_mode="median") * 1e-3
+    return triton.testing.do_bench(fn, warmup=TIMING["warmup_ms"], rep=TIMING["rep_ms"], return_mode="median") * 1e-3
 
 
 def sync():

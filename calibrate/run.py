@@ -25,7 +25,7 @@ import triton
 import triton.testing
 
 from . import grids
-from .harness import BUDGET, DEV, Budget, CsvOut, Skips, bench, log, measure_peaks, nvsmi, run_checks, sync
+from .harness import BUDGET, DEV, TIMING, Budget, CsvOut, Skips, bench, log, measure_peaks, nvsmi, run_checks, sync
 from .kernels import attn_decode, attn_prefill, elementwise, gemm
 
 def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
@@ -338,9 +338,8 @@ def main(argv=None):
             p.error(f"unknown op {o}")
     for k in BUDGET:
         BUDGET[k] *= args.budget_scale
-    global WARMUP_MS, REP_MS
     if args.quick:
-        WARMUP_MS, REP_MS = 3, 10
+        TIMING.update(warmup_ms=3, rep_ms=10)
     os.makedirs(args.out, exist_ok=True)
     if DEV == "cuda":
         assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -366,7 +365,7 @@ def main(argv=None):
         "command": " ".join([sys.executable, "-m", "calibrate.run"] + (argv or sys.argv[1:])),
         "clocks_before": nvsmi("clocks.sm,clocks.mem,clocks.max.sm"),
         "timing": {"method": "triton.testing.do_bench median (L2 flushed before each rep)",
-                   "warmup_ms": WARMUP_MS, "rep_ms": REP_MS},
+                   **TIMING},
         "quick": args.quick,
         "ops": ops, "backends": backends,
     }

@@ -42,7 +42,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, o_ptr, pacc_ptr, pml_p
     for n0 in range(start, end, BLOCK_N):
         tok = n0 + offs_n
         tmask = tok < end
-        page = tl.load(bt_ptr + b * stride_bt + tok // PAGE, mask=tmask, other=0)
+        # int64: page * stride overflows int32 once the pool passes 2^31 elements (4 GiB)
+        page = tl.load(bt_ptr + b * stride_bt + tok // PAGE, mask=tmask, other=0).to(tl.int64)
         slot = tok % PAGE
         k = tl.load(k_ptr + page[None, :] * stride_kb + slot[None, :] * stride_kt
                     + kvh * stride_kh + offs_d[:, None], mask=tmask[None, :], other=0.0)
