@@ -10,7 +10,10 @@ a piecewise-linear factor in log2 x.  Stage 1 fits (compute_frac, bandwidth_frac
 robust least squares on log time (scipy least_squares, soft_l1); launch_s is the measured
 empty-kernel time (elementwise.csv 'launch' rows, backend triton_gpu) when present.  Stage 2
 fits corr's factors (knots every 2 in log2 x over the data) on the stage-1 residuals, with a
-smoothness penalty and a weak pull towards 1.  Held-out protocol: a point is held out if the
+smoothness penalty and a weak pull towards 1.  Stage 3 tabulates, per shape family (a GEMM's
+(n, k), an attention head configuration with or without prior context, an elementwise op at
+one width), the ratio measured / curve at each measured size; predictions interpolate it in
+log-log space (sim.hardware.ShapeTable), never across a Triton GEMM tile-class break.  Held-out protocol: a point is held out if the
 grid marks it (odd GEMM M values, prefill/decode shapes in calibrate.grids) or if a hash of
 its shape is 0 mod 4; the fit on the rest predicts it, giving median and p90 absolute percent
 error; the shipped curve is then refitted on all points.
@@ -33,7 +36,7 @@ from scipy.optimize import least_squares
 
 from calibrate import grids
 from sim.cost.ops import AttnDecode, AttnPrefill, Elementwise, Gemm
-from sim.hardware import BACKENDS, OP_KINDS, profile_from_dict
+from sim.hardware import BACKENDS, OP_KINDS, TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table, profile_from_dict
 from sim.config import ConfigError, read_yaml
 
 PRIMARY_DTYPE = "bf16"
@@ -132,6 +135,11 @@ def prepare(kind: str, df: pd.DataFrame, hw) -> pd.DataFrame:
     peaks, ideal time and the held-out flag.  Drops the elementwise 'launch' rows."""
     if kind == "elementwise":
         df = df[df["op"] != "launch"]
+        # eager-PyTorch rotary is ~10 small launches, host-bound (no engine runs it): kept in the
+        # CSV, not fitted; the vendor curve prices a fused rotary like the other elementwise ops
+        vr = (df["op"] == "rotary") & (df["backend"] == "vendor")
+        n_vr = int(vr.sum())
+        df = df[~vr]
     df = df.reset_index(drop=True).copy()
     recs = df.to_dict("records")
     try:
@@ -151,28 +159,103 @@ def prepare(kind: str, df: pd.DataFrame, hw) -> pd.DataFrame:
     df["bytes_"] = byts
     df["peak"] = [_peak_or_nan(hw, dt) for dt in df["dtype"]]
     df["bw"] = hw.memory_bandwidth_bytes_per_s
+    df["num_sms"] = hw.num_sms
     df["ideal_ns"] = np.maximum(flops / df["peak"], byts / df["bw"]) * 1e9
     df["heldout"] = [is_heldout(kind, r) for r in recs]
     # rows the profile cannot price (a dtype without a peak, a backend it has no name for)
     keep = df["peak"].notna() & df["backend"].isin(BACKENDS)
     dropped = {f"{be}/{dt}": int(n) for (be, dt), n in df[~keep].groupby(["backend", "dtype"]).size().items()}
+    if kind == "elementwise" and n_vr:
+        dropped["vendor/rotary (eager composite, host-bound)"] = n_vr
     df = df[keep].reset_index(drop=True)
     df.attrs["dropped"] = dropped
     return df
 
 
 # ------------------------------------------------------------------------------ model
-def predict(p: Mapping, flops, byts, peak, bw) -> np.ndarray:
-    """Vectorised affine roofline (same arithmetic as sim.cost.ops.affine_roofline_s)."""
+def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True) -> np.ndarray:
+    """Vectorised affine roofline (same arithmetic as sim.cost.ops.affine_roofline_s); with
+    ``corr=False`` the plain affine roofline plus launch, the base that shape tables scale."""
     flops, byts, peak = np.asarray(flops, float), np.asarray(byts, float), np.asarray(peak, float)
     t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
     t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
     t = np.maximum(t_c, t_m)
     xs = p.get("corr_log2_x")
-    if xs is not None and len(xs):
+    if corr and xs is not None and len(xs):
         lx = np.log2(np.maximum(flops / peak, byts / bw) * 1e9)
         t = t * np.interp(lx, xs, p["corr_factor"])
     return t + p["launch_s"]
+
+
+def predict_rows(kind: str, p: Mapping, tables: list[dict], g: pd.DataFrame) -> np.ndarray:
+    """Predictions for the rows ``g`` as sim.cost.ops.op_time makes them: a row whose shape
+    family has a table gets its base (sim.hardware.TABLE_BASE) x table ratio; any other the curve."""
+    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0])) if len(g) else None
+    if args is None:
+        return np.zeros(0)
+    tf = table_factors(kind, g, tables)
+    base = predict(p, *args, corr=TABLE_BASE[kind] == "curve")
+    return np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0))
+
+
+# ------------------------------------------------------------------------------ shape tables
+def _families(kind: str, g: pd.DataFrame) -> tuple[list[tuple], np.ndarray]:
+    """Each row's shape-family key and its raw axis values ([n, axes])."""
+    keys, coords = [], []
+    for r, ideal in zip(g.to_dict("records"), g["ideal_ns"].to_numpy(float)):
+        op = make_op(kind, r)
+        keys.append(op.table_key())
+        lc = op.table_coords(float(ideal))
+        coords.append([2.0 ** c for c in lc])
+    return keys, np.asarray(coords, float).reshape(len(keys), len(TABLE_AXES[kind]))
+
+
+def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[dict]:
+    """Shape tables (profile YAML form) of measured / curve ratios for the rows ``g``."""
+    if len(g) == 0:
+        return []
+    keys, coords = _families(kind, g)
+    ratio = g["time_s"].to_numpy(float) / predict(p, g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]),
+                                                  corr=TABLE_BASE[kind] == "curve")
+    axes, names = TABLE_AXES[kind], TABLE_KEYS[kind]
+    by_key: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    out = []
+    for k in sorted(by_key, key=lambda t: tuple(str(v) for v in t)):
+        idx = by_key[k]
+        rows: dict[float, dict[float, list[float]]] = {}
+        for i in idx:
+            rc = coords[i, 0] if len(axes) == 2 else 0.0
+            rows.setdefault(float(rc), {}).setdefault(float(coords[i, -1]), []).append(math.log(ratio[i]))
+        trows = []
+        for rc in sorted(rows):
+            xs = sorted(rows[rc])
+            row = {axes[-1]: [_sig(x, 6) if kind == "attn_prefill" else int(round(x)) for x in xs],
+                   "factor": [_sig(math.exp(float(np.mean(rows[rc][x]))), 4) for x in xs]}
+            if len(axes) == 2:
+                row = {axes[0]: int(round(rc)), **row}
+            trows.append(row)
+        tab = {"key": dict(zip(names, k)), "rows": trows}
+        dtype = k[names.index("dtype")]
+        if kind == "gemm" and backend == "triton" and dtype in grids.TRITON_GEMM_M_BREAKS:
+            tab["breaks"] = grids.triton_gemm_breaks(int(k[0]), dtype, int(g["num_sms"].iloc[0]))
+        out.append(tab)
+    return out
+
+
+def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:
+    """Each row's table ratio (NaN where its family has no table), as sim.hardware computes it."""
+    parsed = {t.key: t for t in (_parse_table(d, kind, "shape_tables", "<fit>") for d in tables)}
+    out = np.full(len(g), np.nan)
+    if len(g) == 0 or not parsed:
+        return out
+    for i, (r, ideal) in enumerate(zip(g.to_dict("records"), g["ideal_ns"].to_numpy(float))):
+        op = make_op(kind, r)
+        t = parsed.get(op.table_key())
+        if t is not None:
+            out[i] = math.exp(t.log_factor(op.table_coords(float(ideal))))
+    return out
 
 
 def _abs_pct(pred, meas) -> np.ndarray:
@@ -291,7 +374,8 @@ def _launch_rows(frames: Mapping[str, pd.DataFrame]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ one group
-def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | None) -> tuple[dict, dict, list]:
+def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | None,
+               backend: str = "vendor", collect: list | None = None) -> tuple[dict, dict, list]:
     """(shipped params, fit metadata, representative samples) for one (op, backend[, dtype])."""
     cols = lambda d: (d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(),  # noqa: E731
                       float(d["bw"].iloc[0]), d["time_s"].to_numpy())
@@ -300,15 +384,29 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     if len(held) and len(train) >= 6:
         p_tr = fit_curve(*cols(train), prior, launch_s)
         f, b, pk, bw, t = cols(held)
-        err = _abs_pct(predict(p_tr, f, b, pk, bw), t)
+        curve = predict(p_tr, f, b, pk, bw)
+        pred_held = predict_rows(kind, p_tr, build_tables(kind, backend, train, p_tr), held)
+        err = _abs_pct(pred_held, t)
+        if collect is not None:
+            collect.append(pd.DataFrame({"kind": kind, "backend": backend, "dtype": held["dtype"].to_numpy(),
+                                         "shape": [shape_key(kind, r) for r in held.to_dict("records")],
+                                         "time_s": held["time_s"].to_numpy(), "predicted_s": pred_held,
+                                         "curve_only_s": curve, "ideal_ns": held["ideal_ns"].to_numpy()}))
+        err_curve = _abs_pct(curve, t)
         meta["heldout_median_abs_pct_err"] = round(float(np.median(err)), 2)
         meta["heldout_p90_abs_pct_err"] = round(float(np.percentile(err, 90)), 2)
         meta["meets_targets"] = bool(np.median(err) <= TARGETS["median_abs_pct_err"]
                                      and np.percentile(err, 90) <= TARGETS["p90_abs_pct_err"])
+        # what a shape of an unmeasured family gets: the curve alone
+        meta["curve_only_heldout_median_abs_pct_err"] = round(float(np.median(err_curve)), 2)
+        meta["curve_only_heldout_p90_abs_pct_err"] = round(float(np.percentile(err_curve, 90)), 2)
     else:
         meta["heldout_note"] = "too few points for a held-out split"
     p = fit_curve(*cols(g), prior, launch_s)
+    p["shape_tables"] = build_tables(kind, backend, g, p)
     st = p.pop("_stats")
+    allerr = _abs_pct(predict_rows(kind, p, p["shape_tables"], g), g["time_s"].to_numpy())
+    st["median_abs_pct_err"], st["p90_abs_pct_err"] = float(np.median(allerr)), float(np.percentile(allerr, 90))
     meta["all_points_median_abs_pct_err"] = round(st["median_abs_pct_err"], 2)
     meta["all_points_p90_abs_pct_err"] = round(st["p90_abs_pct_err"], 2)
     meta["compute_bound_points"] = st["compute_bound_points"]
@@ -325,9 +423,10 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     srt = g.sort_values(["ideal_ns"] + SHAPE_COLS[kind], kind="mergesort").reset_index(drop=True)
     idx = sorted({int(round(q * (len(srt) - 1))) for q in (0.0, 0.25, 0.5, 0.75, 1.0)})
     samples = []
-    for i in idx:
+    pr_s = predict_rows(kind, p, p["shape_tables"], srt.iloc[idx])
+    for j, i in enumerate(idx):
         r = srt.iloc[i]
-        pr = float(predict(p, [r["flops_"]], [r["bytes_"]], [r["peak"]], float(r["bw"]))[0])
+        pr = float(pr_s[j])
         samples.append({"shape": " ".join(f"{c}={r[c]}" for c in SHAPE_COLS[kind]) + f" {r['dtype']}",
                         "measured_s": _sig(r["time_s"], 4), "predicted_s": _sig(pr, 4),
                         "err_pct": round((pr / r["time_s"] - 1) * 100, 1),
@@ -342,6 +441,8 @@ def _curve_yaml(p: Mapping, meta: Mapping) -> dict:
     if p["corr_log2_x"]:
         d["correction"] = {"log2_x": list(p["corr_log2_x"]), "factor": list(p["corr_factor"])}
     d["fit"] = dict(meta)
+    if p.get("shape_tables"):
+        d["shape_tables"] = p["shape_tables"]
     return d
 
 
@@ -383,9 +484,11 @@ def _provenance_summary(prov: Mapping) -> dict:
 
 
 # ------------------------------------------------------------------------------ entry point
-def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path) -> dict:
+def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: list | None = None) -> dict:
     """The base profile (a dict) with ``efficiency`` refitted to the CSVs in ``data_dir`` and a
-    ``calibration`` section (provenance, peaks, held-out errors, sample measurements)."""
+    ``calibration`` section (provenance, peaks, held-out errors, sample measurements).  With a
+    list ``heldout``, appends one DataFrame per (op, backend) of held-out rows: measured,
+    predicted by the fit on the other rows, and the curve-only prediction."""
     data_dir = Path(data_dir)
     frames = read_measurements(data_dir)
     base_path = Path(base_profile_yaml)
@@ -418,7 +521,7 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path) -> dict:
             prior = {k: float(prior_src.get(k, d)) for k, d in (("compute_frac", 0.7), ("bandwidth_frac", 0.8))}
             prim = sub[sub["dtype"] == PRIMARY_DTYPE] if kind == "gemm" else sub
             if len(prim) >= 4:
-                p, meta, smp = _fit_group(kind, prim, prior, launch_s)
+                p, meta, smp = _fit_group(kind, prim, prior, launch_s, be, heldout)
                 if kind == "gemm":
                     meta["dtype"] = PRIMARY_DTYPE
                 backends_out.setdefault(be, {})[kind] = _curve_yaml(p, meta)
@@ -432,13 +535,24 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path) -> dict:
                         f, b, pk, bw, t = (other["flops_"], other["bytes_"], other["peak"],
                                            float(other["bw"].iloc[0]), other["time_s"])
                         e = _abs_pct(predict(p, f, b, pk, bw), t)
-                        q, m2, _ = _fit_group(kind, other, prior, launch_s)
+                        # the dtype's own tables, relative to the shipped curve: held-out check, then all
+                        tr, he = other[~other["heldout"]], other[other["heldout"]]
+                        eh = _abs_pct(predict_rows(kind, p, build_tables(kind, be, tr, p), he), he["time_s"])
+                        tabs = build_tables(kind, be, other, p)
+                        backends_out[be][kind].setdefault("shape_tables", []).extend(tabs)
+                        q, m2, _ = _fit_group(kind, other, prior, launch_s, be)
+                        q.pop("shape_tables", None)
+                        m2 = {k: v for k, v in m2.items() if not k.startswith("heldout") and k != "meets_targets"}
                         extra.setdefault(f"gemm_{dt}", {})[be] = {
                             "note": f"one curve per op kind: {dt} GEMMs are priced with the {PRIMARY_DTYPE} curve "
-                                    f"at the {dt} peak; a separate {dt} fit is given for reference",
-                            "shipped_curve_median_abs_pct_err": round(float(np.median(e)), 2),
-                            "shipped_curve_p90_abs_pct_err": round(float(np.percentile(e, 90)), 2),
-                            "own_fit": _curve_yaml(q, m2)}
+                                    f"at the {dt} peak times their own shape tables; the curve alone and a "
+                                    f"separate {dt} curve are given for reference",
+                            "points": int(len(other)), "held_out_points": int(len(he)),
+                            "heldout_median_abs_pct_err": round(float(np.median(eh)), 2) if len(he) else None,
+                            "heldout_p90_abs_pct_err": round(float(np.percentile(eh, 90)), 2) if len(he) else None,
+                            "shipped_curve_only_median_abs_pct_err": round(float(np.median(e)), 2),
+                            "shipped_curve_only_p90_abs_pct_err": round(float(np.percentile(e, 90)), 2),
+                            "own_curve": _curve_yaml(q, m2)}
     if not backends_out:
         raise FitError(f"{data_dir}: no op has enough rows to fit (need >= 4 per op and backend)")
     # ops or backends without data keep the base profile's curve, marked as such
@@ -472,7 +586,9 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path) -> dict:
         "provenance": ps,
         "peaks": peaks,
         "launch_overhead_s": {k: _sig(v, 4) for k, v in sorted(launches.items())},
-        "model": "t = max((F+F0)/(P*compute_frac), (B+B0)/(W*bandwidth_frac)) * corr(log2 ideal_ns) + launch_s",
+        "model": ("t = max((F+F0)/(P*compute_frac), (B+B0)/(W*bandwidth_frac)) * corr(log2 ideal_ns) "
+                  "+ launch_s for a shape family without a table; (max(...) + launch_s) * table(family, size) "
+                  "for one with a table (measured / affine-roofline ratios interpolated in log-log space)"),
         "heldout_protocol": (f"held out: grid-marked shapes (GEMM M in {grids.GEMM_M_HELDOUT}, prefill "
                              f"(2,3000,3000) and (1,1000,6000), decode (batch,context) in {grids.DECODE_HELDOUT}) "
                              f"plus sha1(shape) % {HOLDOUT_MOD} == 0; fit on the rest, predict held out; "

@@ -49,6 +49,29 @@ GEMM_M_MAIN = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16
 GEMM_M_HELDOUT = [3, 24, 96, 384, 3000]
 GEMM_M_QUICK = [1, 16, 128, 1024, 4096]
 LM_HEAD_MAX_M = 512
+# M values where calibrate/kernels/gemm.py:_config changes tile class (the last M of each
+# class); the fit never interpolates a Triton GEMM's measured ratio across one of them
+TRITON_GEMM_M_BREAKS = {"bf16": (16, 64, 256), "fp8": (64, 256)}
+# (last M of the class, BLOCK_M, BLOCK_N) per class, as in calibrate/kernels/gemm.py:_config
+TRITON_GEMM_TILES = {"bf16": ((16, 16, 64), (64, 64, 64), (256, 128, 128), (1 << 62, 128, 256)),
+                     "fp8": ((64, 64, 64), (256, 128, 128), (1 << 62, 128, 256))}
+WAVE_BREAKS_MAX_WAVES = 4  # past a few waves, quantization costs little
+
+
+def triton_gemm_breaks(n: int, dtype: str, num_sms: int) -> list[int]:
+    """M values after which the Triton GEMM changes tile class or needs one more wave of CTAs
+    (up to WAVE_BREAKS_MAX_WAVES waves), for an (M, n) problem on ``num_sms`` SMs."""
+    out, lo = [], 0
+    for last_m, bm, bn in TRITON_GEMM_TILES[dtype]:
+        tiles_n = -(-n // bn)
+        for w in range(1, WAVE_BREAKS_MAX_WAVES + 1):
+            m = (w * num_sms // tiles_n) * bm  # the largest M that fits in w waves
+            if lo < m < last_m:
+                out.append(m)
+        if last_m < (1 << 62):
+            out.append(last_m)
+        lo = last_m
+    return sorted(set(out))
 
 
 def gemm_kn_pairs(models=None) -> list[tuple[str, int, int]]:

@@ -312,7 +312,8 @@ def read_yaml(path: str | Path) -> dict:
     if not p.exists():
         raise ConfigError("", f"no such file", str(p))
     try:
-        data = yaml.safe_load(p.read_text())
+        # libyaml's C loader when present (same safe semantics; calibrated profiles are large)
+        data = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

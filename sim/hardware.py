@@ -9,7 +9,11 @@ and op kind, an *affine roofline* efficiency: an op moving B bytes and doing F F
 where P, W are the peaks, (compute_frac, bandwidth_frac) the asymptotic achieved fractions,
 (F0, B0) the fixed work-equivalents that make small problems inefficient, and corr(x) an
 optional piecewise-linear correction in log2 of the op's size feature fitted from residuals.
-Until `calibrate/` has run on a GPU these are documented defaults (``efficiency.source``).
+A calibrated profile adds *shape tables*: for each measured shape family (a GEMM's (n, k), an
+attention head configuration, an elementwise op at one width) the ratio measured / (affine
+roofline + launch) at each measured size, interpolated in log-log space between measured
+sizes (never across a kernel's tile-class or wave break) and clamped beyond them; an op of a
+family with a table costs (max(...) + launch_s) x ratio, any other op the formula above. Uncalibrated profiles carry documented defaults (``efficiency.source``).
 
 Ignores: clock throttling, power limits, ECC, MIG partitions.
 """
@@ -30,6 +34,79 @@ OP_KINDS = ("gemm", "attn_prefill", "attn_decode", "elementwise")
 BACKENDS = ("vendor", "triton")
 
 
+# shape-table families and axes per op kind (the key's values and the axis coordinates of an op)
+TABLE_KEYS = {"gemm": ("n", "k", "dtype"), "attn_prefill": ("heads", "kv_heads", "head_dim", "chunked", "dtype"),
+              "attn_decode": ("heads", "kv_heads", "head_dim", "dtype"), "elementwise": ("op", "hidden", "dtype")}
+# what a shape table's ratio multiplies: the affine roofline + launch ("roofline": GEMMs and
+# elementwise ops, whose tables run along the token count, where the roofline is already linear)
+# or the corrected curve ("curve": attention, whose families mix shapes of one total work)
+TABLE_BASE = {"gemm": "roofline", "elementwise": "roofline", "attn_prefill": "curve", "attn_decode": "curve"}
+TABLE_AXES = {"gemm": ("m",), "attn_prefill": ("ideal_ns",), "attn_decode": ("batch", "context"),
+              "elementwise": ("tokens",)}
+
+
+def _interp_class(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    """Linear interpolation of ys over increasing xs at x, clamped at both ends."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect.bisect_right(xs, x)
+    x0, x1 = xs[i - 1], xs[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class ShapeTable:
+    """Measured/curve ratios of one shape family, on one or two log2 axes.
+
+    ``rows``: ((row coordinate, xs, log ratios), ...) with coordinates in log2 (one row with
+    coordinate 0.0 for a one-axis table). ``breaks``: log2 sizes on the last axis where the
+    kernel changes tile class; a query interpolates only between points of its own class
+    (a value equal to a break belongs to the class below it).
+    """
+
+    key: tuple
+    rows: tuple[tuple[float, tuple[float, ...], tuple[float, ...]], ...]
+    breaks: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        classes = []
+        for _, xs, ys in self.rows:
+            by_class: dict[int, tuple[list, list]] = {}
+            for x, y in zip(xs, ys):
+                c = bisect.bisect_left(self.breaks, x)
+                by_class.setdefault(c, ([], []))
+                by_class[c][0].append(x)
+                by_class[c][1].append(y)
+            classes.append({c: (tuple(a), tuple(b)) for c, (a, b) in by_class.items()})
+        object.__setattr__(self, "_classes", classes)
+        object.__setattr__(self, "_row_coords", tuple(r[0] for r in self.rows))
+
+    def _row(self, i: int, x: float) -> float:
+        if self.breaks:
+            pts = self._classes[i].get(bisect.bisect_left(self.breaks, x))
+            if pts is not None:
+                return _interp_class(pts[0], pts[1], x)
+        _, xs, ys = self.rows[i]
+        return _interp_class(xs, ys, x)
+
+    def log_factor(self, coords: tuple[float, ...]) -> float:
+        """Natural log of the ratio at log2 ``coords`` (one per axis)."""
+        x = coords[-1]
+        rc = self._row_coords
+        if len(rc) == 1:
+            return self._row(0, x)
+        r = coords[0]
+        if r <= rc[0]:
+            return self._row(0, x)
+        if r >= rc[-1]:
+            return self._row(len(rc) - 1, x)
+        i = bisect.bisect_right(rc, r)
+        y0, y1 = self._row(i - 1, x), self._row(i, x)
+        return y0 + (y1 - y0) * (r - rc[i - 1]) / (rc[i] - rc[i - 1])
+
+
 @dataclass(frozen=True)
 class OpEfficiency:
     """Achieved fraction of peak for one op kind on one backend (see module doc)."""
@@ -41,6 +118,16 @@ class OpEfficiency:
     launch_s: float = 4.0e-6
     corr_log2_x: tuple[float, ...] = ()
     corr_factor: tuple[float, ...] = ()
+    tables: tuple[ShapeTable, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "_tables", {t.key: t for t in self.tables})
+
+    def table_factor(self, key: tuple, coords: tuple[float, ...]) -> float | None:
+        """Measured / (affine roofline + launch) ratio of the shape family ``key`` at log2
+        ``coords``; None for a family without a table."""
+        t = self._tables.get(key)
+        return math.exp(t.log_factor(coords)) if t is not None else None
 
     def correction(self, x: float) -> float:
         """Multiplicative residual correction at size feature ``x`` (1.0 if none)."""
@@ -101,10 +188,48 @@ class HardwareProfile:
 
 _REQUIRED = ("name", "display_name", "memory_bytes", "memory_bandwidth_bytes_per_s", "peak_flops_per_s",
              "l2_bytes", "num_sms", "nvlink_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s")
-_EFF_KEYS = {"compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", "correction", "fit"}
+_EFF_KEYS = {"compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", "correction", "fit",
+             "shape_tables"}
 
 
-def _parse_eff(d: Mapping, key: str, src: str) -> OpEfficiency:
+def _log2_list(v, key: str, src: str) -> tuple[float, ...]:
+    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0
+                                               for x in v):
+        raise ConfigError(key, f"expected a non-empty list of positive numbers, got {v!r}", src)
+    out = tuple(math.log2(float(x)) for x in v)
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ConfigError(key, "expected increasing values", src)
+    return out
+
+
+def _parse_table(d: Mapping, op: str, key: str, src: str) -> ShapeTable:
+    """One shape table: {key: {...}, breaks: [...], rows: [{<row axis>: v, <axis>: [...], factor: [...]}]}."""
+    if not isinstance(d, Mapping) or set(d) - {"key", "breaks", "rows"} or "key" not in d or "rows" not in d:
+        raise ConfigError(key, "expected a mapping with keys key, rows[, breaks]", src)
+    names = TABLE_KEYS[op]
+    k = d["key"]
+    if not isinstance(k, Mapping) or set(k) != set(names):
+        raise ConfigError(f"{key}.key", f"expected the keys {list(names)}", src)
+    axes = TABLE_AXES[op]
+    rows = []
+    for j, r in enumerate(d["rows"] or []):
+        rk = f"{key}.rows[{j}]"
+        want = set(axes) | {"factor"}
+        if not isinstance(r, Mapping) or set(r) != want:
+            raise ConfigError(rk, f"expected the keys {sorted(want)}", src)
+        xs = _log2_list(r[axes[-1]], f"{rk}.{axes[-1]}", src)
+        fs = r["factor"]
+        if not isinstance(fs, list) or len(fs) != len(xs) or any(not isinstance(f, (int, float)) or f <= 0 for f in fs):
+            raise ConfigError(f"{rk}.factor", f"expected {len(xs)} positive numbers", src)
+        rc = math.log2(float(r[axes[0]])) if len(axes) == 2 else 0.0
+        rows.append((rc, xs, tuple(math.log(float(f)) for f in fs)))
+    if not rows or any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
+        raise ConfigError(f"{key}.rows", "expected at least one row, rows in increasing order", src)
+    breaks = _log2_list(d["breaks"], f"{key}.breaks", src) if d.get("breaks") else ()
+    return ShapeTable(key=tuple(k[n] for n in names), rows=tuple(rows), breaks=breaks)
+
+
+def _parse_eff(d: Mapping, key: str, src: str, op: str = "gemm") -> OpEfficiency:
     if not isinstance(d, Mapping):
         raise ConfigError(key, "expected a mapping", src)
     bad = set(d) - _EFF_KEYS
@@ -127,6 +252,11 @@ def _parse_eff(d: Mapping, key: str, src: str) -> OpEfficiency:
             raise ConfigError(f"{key}.correction", "expected log2_x increasing and as long as factor", src)
         kw["corr_log2_x"] = tuple(float(x) for x in xs)
         kw["corr_factor"] = tuple(float(y) for y in ys)
+    tabs = d.get("shape_tables")
+    if tabs:
+        if not isinstance(tabs, list):
+            raise ConfigError(f"{key}.shape_tables", "expected a list", src)
+        kw["tables"] = tuple(_parse_table(t, op, f"{key}.shape_tables[{i}]", src) for i, t in enumerate(tabs))
     return OpEfficiency(**kw)
 
 
@@ -143,7 +273,7 @@ def profile_from_dict(d: Mapping, src: str = "<dict>") -> HardwareProfile:
         for op, params in (ops or {}).items():
             if op not in OP_KINDS:
                 raise ConfigError(f"efficiency.backends.{be}.{op}", f"unknown op kind; expected one of {list(OP_KINDS)}", src)
-            eff[be][op] = _parse_eff(params, f"efficiency.backends.{be}.{op}", src)
+            eff[be][op] = _parse_eff(params, f"efficiency.backends.{be}.{op}", src, op)
         for op in OP_KINDS:
             eff[be].setdefault(op, OpEfficiency())
     if not eff:
@@ -183,5 +313,17 @@ def load_hardware(name_or_path: str, base_dir: str | Path = ".") -> HardwareProf
     return profile_from_dict(read_yaml(p), str(p))
 
 
+class _ProfileDumper(yaml.SafeDumper):
+    """Lists of plain numbers or strings on one line (shape tables stay readable)."""
+
+
+def _list_repr(dumper, data):
+    flow = bool(data) and all(isinstance(x, (int, float, str)) and not isinstance(x, bool) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ProfileDumper.add_representer(list, _list_repr)
+
+
 def dump_profile(d: Mapping) -> str:
-    return yaml.safe_dump(dict(d), sort_keys=False, width=120)
+    return yaml.dump(dict(d), Dumper=_ProfileDumper, sort_keys=False, width=120)

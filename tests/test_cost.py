@@ -35,8 +35,25 @@ def test_roofline_regimes():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 16384), st.integers(1, 16384))
 def test_gemm_time_monotone_in_m(m1, m2):
+    # the roofline curve is monotone; measured shape tables need not be (cuBLAS picks kernels
+    # per shape), so this holds for a shape family the profile has no table for
     lo, hi = sorted((m1, m2))
-    assert op_time(H100, Gemm(lo, 4096, 4096)) <= op_time(H100, Gemm(hi, 4096, 4096))
+    assert op_time(H100, Gemm(lo, 4000, 4000)) <= op_time(H100, Gemm(hi, 4000, 4000))
+
+
+def test_shape_table_reproduces_measurement_and_interpolates():
+    # a measured family: the profile gives back the committed measurement at a measured size
+    import pandas as pd
+    from pathlib import Path
+    csv = Path(__file__).resolve().parent.parent / "calibrate" / "data" / "h100_sxm" / "gemm.csv"
+    if not csv.exists():
+        pytest.skip("no committed H100 measurements")
+    d = pd.read_csv(csv)
+    row = d[(d.backend == "vendor") & (d.dtype == "bf16") & (d.m == 128) & (d.n == 6144) & (d.k == 4096)].iloc[0]
+    assert op_time(H100, Gemm(128, 6144, 4096), "vendor") == pytest.approx(row.time_s, rel=2e-3)
+    # between two measured sizes: between their times (log-log interpolation of the ratio)
+    t = [op_time(H100, Gemm(m, 6144, 4096), "vendor") for m in (1024, 1500, 2048)]
+    assert min(t[0], t[2]) <= t[1] <= max(t[0], t[2])
 
 
 def test_step_time_parts_and_decode_run_agree():
@@ -54,7 +71,9 @@ def test_decode_is_memory_bound_near_weights_over_bandwidth():
     c = RooflineCost(M8, H100)
     t = c.step_time(BatchShape([], 1, 100, 1)).total_s
     floor = M8.weight_bytes / H100.memory_bandwidth_bytes_per_s
-    assert floor < t < 1.6 * floor
+    # measured (calibrate/data/h100_sxm): cuBLAS GEMMs at M=1 read weights at 50-65 % of the
+    # datasheet bandwidth, so a batch-1 step costs ~1.8x the weight-streaming floor
+    assert floor < t < 2.2 * floor
 
 
 def test_profiles_load_and_reject_bad_efficiency():

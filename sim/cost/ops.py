@@ -12,10 +12,11 @@ sharding (a sharded op is a smaller op).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Union
 
-from sim.hardware import HardwareProfile
+from sim.hardware import TABLE_BASE, HardwareProfile
 from sim.model_spec import DTYPE_BYTES
 
 
@@ -36,6 +37,12 @@ class Gemm:
         b = DTYPE_BYTES[self.dtype]
         out_b = 2 if b < 2 else b  # fp8 GEMMs write bf16
         return (self.m * self.k + self.k * self.n) * b + self.m * self.n * out_b
+
+    def table_key(self) -> tuple:
+        return (self.n, self.k, self.dtype)
+
+    def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
+        return (math.log2(self.m),)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,12 @@ class AttnPrefill:
         kv = 2 * self.batch * self.seq_kv * self.kv_heads * self.head_dim * b
         return q_o + kv
 
+    def table_key(self) -> tuple:
+        return (self.heads, self.kv_heads, self.head_dim, int(self.seq_kv > self.seq_q), self.dtype)
+
+    def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
+        return (math.log2(ideal_ns),)
+
 
 @dataclass(frozen=True)
 class AttnDecode:
@@ -85,6 +98,12 @@ class AttnDecode:
         kv = 2 * self.batch * self.context * self.kv_heads * self.head_dim * b
         q_o = 2 * self.batch * self.heads * self.head_dim * b
         return kv + q_o
+
+    def table_key(self) -> tuple:
+        return (self.heads, self.kv_heads, self.head_dim, self.dtype)
+
+    def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
+        return (math.log2(self.batch), math.log2(self.context))
 
 
 # reads, writes (in units of tokens*hidden elements) and flops per element of each elementwise op
@@ -114,27 +133,41 @@ class Elementwise:
         extra = self.hidden * b if self.op == "rmsnorm" else 0
         return (r + w) * self.tokens * self.hidden * b + extra
 
+    def table_key(self) -> tuple:
+        return (self.op, self.hidden, self.dtype)
+
+    def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
+        return (math.log2(self.tokens),)
+
 
 Op = Union[Gemm, AttnPrefill, AttnDecode, Elementwise]
 
 
 def affine_roofline_s(hw: HardwareProfile, kind: str, flops: float, bytes_: float,
-                      dtype: str = "bf16", backend: str | None = None) -> tuple[float, float, float]:
-    """(total seconds, compute-bound seconds, memory-bound seconds) for one launch."""
+                      dtype: str = "bf16", backend: str | None = None, op=None) -> tuple[float, float, float]:
+    """(total seconds, compute-bound seconds, memory-bound seconds) for one launch; with ``op``
+    of a shape family the profile has a table for, (roofline + launch) x the table's ratio."""
     eff = hw.op_efficiency(kind, backend)
     peak = hw.peak_flops(dtype)
     bw = hw.memory_bandwidth_bytes_per_s
     t_c = (flops + eff.fixed_flops) / (peak * eff.compute_frac) if flops > 0 else 0.0
     t_m = (bytes_ + eff.fixed_bytes) / (bw * eff.bandwidth_frac)
     ideal_ns = max(flops / peak, bytes_ / bw) * 1e9
-    return max(t_c, t_m) * eff.correction(ideal_ns) + eff.launch_s, t_c, t_m
+    t = max(t_c, t_m)
+    if op is not None and eff.tables:
+        f = eff.table_factor(op.table_key(), op.table_coords(ideal_ns))
+        if f is not None:  # a measured shape family: its table scales the roofline or the curve
+            if TABLE_BASE[kind] == "roofline":
+                return (t + eff.launch_s) * f, t_c, t_m
+            return (t * eff.correction(ideal_ns) + eff.launch_s) * f, t_c, t_m
+    return t * eff.correction(ideal_ns) + eff.launch_s, t_c, t_m
 
 
 def op_time_breakdown(hw: HardwareProfile, op: Op, backend: str | None = None) -> dict:
     """Prediction with its parts: time_s, flops, bytes, bound, achieved rates."""
     flops, bytes_ = op.flops(), op.bytes()
     dtype = op.dtype
-    total, t_c, t_m = affine_roofline_s(hw, op.kind, flops, bytes_, dtype, backend)
+    total, t_c, t_m = affine_roofline_s(hw, op.kind, flops, bytes_, dtype, backend, op)
     eff = hw.op_efficiency(op.kind, backend)
     return {"time_s": total, "op": op.kind, "backend": backend or hw.default_backend,
             "flops": flops, "bytes": bytes_, "bound": "compute" if t_c >= t_m else "memory",
@@ -146,4 +179,4 @@ def op_time_breakdown(hw: HardwareProfile, op: Op, backend: str | None = None) -
 
 def op_time(hw: HardwareProfile, op: Op, backend: str | None = None) -> float:
     """Predicted seconds for one launch of ``op`` on ``hw`` with ``backend`` kernels."""
-    return affine_roofline_s(hw, op.kind, op.flops(), op.bytes(), op.dtype, backend)[0]
+    return affine_roofline_s(hw, op.kind, op.flops(), op.bytes(), op.dtype, backend, op)[0]
