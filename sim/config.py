@@ -135,12 +135,56 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
-class SLOConfig:
-    """Latency targets; a request meets the SLO if it meets every target given."""
+class SLOTargets:
+    """Latency targets; a request meets them if it meets every target given (None = no target)."""
 
     ttft_s: float | None = field(default=None, metadata=_c(gt=0))
     tpot_s: float | None = field(default=None, metadata=_c(gt=0))
     e2e_s: float | None = field(default=None, metadata=_c(gt=0))
+
+
+@dataclass(frozen=True)
+class SLOConfig(SLOTargets):
+    """Latency targets for all requests, optionally per priority class (``Request.priority``).
+
+    ``classes: {c: {ttft_s: ...}}`` judges a request of class ``c`` against its entry; a
+    target the entry leaves out (or null) falls back to the top-level one, and a class with
+    no entry uses the top-level targets. Keys are class numbers (integers >= 0; the digit
+    strings that JSON/YAML dumps write are accepted too). Entries are normalised at
+    construction to ``{int: SLOTargets}``.
+    """
+
+    classes: Mapping[int, SLOTargets] = field(default_factory=dict, metadata=_c(
+        doc="per priority class targets; missing targets fall back to the top-level ones"))
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", _slo_classes(self.classes, "slo.classes"))
+
+    def targets_for(self, cls: int) -> SLOTargets:
+        """The targets a request of priority class ``cls`` is judged against."""
+        own = self.classes.get(cls)
+        if own is None:
+            return SLOTargets(self.ttft_s, self.tpot_s, self.e2e_s)
+        return SLOTargets(*(getattr(self, n) if getattr(own, n) is None else getattr(own, n)
+                            for n in ("ttft_s", "tpot_s", "e2e_s")))
+
+
+def _slo_classes(value: Any, key: str) -> dict[int, SLOTargets]:
+    """Strict ``{class: targets}``: keys integers >= 0, values SLOTargets mappings."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping of class number -> targets, got {value!r}")
+    out: dict[int, SLOTargets] = {}
+    for k, v in value.items():
+        if isinstance(k, str) and k.isdigit():
+            c = int(k)
+        elif isinstance(k, int) and not isinstance(k, bool) and k >= 0:
+            c = k
+        else:
+            raise ConfigError(f"{key}.{k}", f"expected a class number (an integer >= 0) as key, got {k!r}")
+        if c in out:
+            raise ConfigError(f"{key}.{k}", f"class {c} is given twice")
+        out[c] = _convert(SLOTargets, v, f"{key}.{c}")
+    return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Models: what a capacity planner reads off a load test: TTFT, TPOT, ITL and E2E (mean,
 p50, p90, p99), output tokens/s and requests/s over the run, goodput (requests/s that met
-every SLO target), mean KV use, preemptions, and whether the replica was saturated (its
-waiting queue still growing when arrivals ended).
+every SLO target of their priority class, see sim.metrics.slo), mean KV use, preemptions,
+and whether the replica was saturated (its waiting queue still growing when arrivals ended).
 
 Ignores: warm-up trimming (results include the ramp-up; use enough requests).
 """
@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from sim.metrics.slo import slo_by_class, slo_met
 
 PCTS = (50, 90, 99)
 
@@ -110,16 +112,11 @@ def summarize(requests: pd.DataFrame, iterations: pd.DataFrame, extra_itl_s: lis
         "num_iterations": int(len(iterations)),
     }
     if slo is not None:
-        met = np.ones(len(done), dtype=bool)
-        if slo.ttft_s is not None:
-            met &= done["ttft_s"].to_numpy() <= slo.ttft_s
-        if slo.tpot_s is not None:
-            tp = done["tpot_s"].to_numpy()
-            met &= np.where(np.isnan(tp), True, tp <= slo.tpot_s)
-        if slo.e2e_s is not None:
-            met &= done["e2e_s"].to_numpy() <= slo.e2e_s
+        met = slo_met(done, slo)
         s["goodput_requests_per_s"] = float(met.sum()) / duration
         s["slo_attainment_frac"] = float(met.mean()) if len(met) else 0.0
+        if slo.classes:
+            s["slo_by_class"] = slo_by_class(requests, done, met, slo, duration)
     return s
 
 
@@ -142,6 +139,10 @@ def format_summary(s: dict) -> str:
     if "goodput_requests_per_s" in s:
         lines.append(f"goodput       {s['goodput_requests_per_s']:.2f} req/s meeting the SLO "
                      f"({s['slo_attainment_frac']:.1%} of requests)")
+    for c, d in s.get("slo_by_class", {}).items():
+        lines.append(f"  class {c:<6}{d['goodput_requests_per_s']:.2f} req/s meeting its SLO "
+                     f"({d['slo_attainment_frac']:.1%} of {d['num_completed']}), "
+                     f"TTFT p99 {_fmt(d['ttft_s']['p99'])} ms")
     kv = s["kv_usage_frac_mean"]
     lines.append(f"KV cache      {0 if kv is None else kv:.1%} mean use, {s['num_preemptions']} preemptions")
     lines.append(f"saturated     {'YES: the waiting queue was still growing when arrivals ended' if s['saturated'] else 'no'}")
