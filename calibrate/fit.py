@@ -13,7 +13,12 @@ fits corr's factors (knots every 2 in log2 x over the data) on the stage-1 resid
 smoothness penalty and a weak pull towards 1.  Stage 3 tabulates, per shape family (a GEMM's
 (n, k), an attention head configuration with or without prior context, an elementwise op at
 one width), the ratio measured / curve at each measured size; predictions interpolate it in
-log-log space (sim.hardware.ShapeTable), never across a Triton GEMM tile-class break.  Held-out protocol: a point is held out if the
+log-log space (sim.hardware.ShapeTable), never across a Triton GEMM tile-class break.  A prefill
+table runs along max(ideal time, ideal time of the serial chain: one 128-query program over the
+whole context at 1/num_sms of the peak), so chain-bound launches (chunked prefill, few query
+blocks) sit with launches of the same makespan; for the Triton kernel, whose program structure
+is known exactly, that chain at compute_frac is also a third roof of the base the table scales
+(sim.cost.ops.affine_roofline_s).  Held-out protocol: a point is held out if the
 grid marks it (odd GEMM M values, prefill/decode shapes in calibrate.grids) or if a hash of
 its shape is 0 mod 4; the fit on the rest predicts it, giving median and p90 absolute percent
 error; the shipped curve is then refitted on all points.
@@ -35,7 +40,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from calibrate import grids
-from sim.cost.ops import AttnDecode, AttnPrefill, Elementwise, Gemm
+from sim.cost.ops import CHAIN_ROOF_BACKENDS, AttnDecode, AttnPrefill, Elementwise, Gemm, chain_ns
 from sim.hardware import BACKENDS, OP_KINDS, TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table, profile_from_dict
 from sim.config import ConfigError, read_yaml
 
@@ -194,15 +199,45 @@ def predict_rows(kind: str, p: Mapping, tables: list[dict], g: pd.DataFrame) -> 
     if args is None:
         return np.zeros(0)
     tf = table_factors(kind, g, tables)
-    base = predict(p, *args, corr=TABLE_BASE[kind] == "curve")
+    base = _table_base(kind, p, g)
     return np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0))
+
+
+def chain_ns_rows(kind: str, g: pd.DataFrame) -> np.ndarray:
+    """Each row's serial-chain ideal time in ns (sim.cost.ops.chain_ns; 0 for ops without one)."""
+    out = np.zeros(len(g))
+    for i, (r, pk, ns) in enumerate(zip(g.to_dict("records"), g["peak"].to_numpy(float), g["num_sms"].to_numpy())):
+        cf = getattr(make_op(kind, r), "chain_flops", None)
+        if cf is not None:
+            out[i] = chain_ns(cf(), float(pk), int(ns))
+    return out
+
+
+def _table_x(kind: str, g: pd.DataFrame) -> np.ndarray:
+    """The size a shape table runs along (sim.cost.ops.affine_roofline_s): the ideal time, or
+    for prefill the longer of it and the serial chain's ideal time."""
+    return np.maximum(g["ideal_ns"].to_numpy(float), chain_ns_rows(kind, g))
+
+
+def _table_base(kind: str, p: Mapping, g: pd.DataFrame) -> np.ndarray:
+    """What a shape table's ratio multiplies (as sim.cost.ops.affine_roofline_s): the affine
+    roofline + launch, or the corrected curve (for a CHAIN_ROOF_BACKENDS prefill, the roofline
+    with the serial chain at compute_frac as a third roof) + launch."""
+    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]))
+    if TABLE_BASE[kind] != "curve":
+        return predict(p, *args, corr=False)
+    t = predict(p, *args, corr=False) - p["launch_s"]
+    corr = (predict(p, *args) - p["launch_s"]) / t
+    roof = g["backend"].isin(CHAIN_ROOF_BACKENDS).to_numpy()
+    tc = np.where(roof, chain_ns_rows(kind, g) * 1e-9 / p["compute_frac"], 0.0)
+    return np.maximum(t, tc) * corr + p["launch_s"]
 
 
 # ------------------------------------------------------------------------------ shape tables
 def _families(kind: str, g: pd.DataFrame) -> tuple[list[tuple], np.ndarray]:
     """Each row's shape-family key and its raw axis values ([n, axes])."""
     keys, coords = [], []
-    for r, ideal in zip(g.to_dict("records"), g["ideal_ns"].to_numpy(float)):
+    for r, ideal in zip(g.to_dict("records"), _table_x(kind, g)):
         op = make_op(kind, r)
         keys.append(op.table_key())
         lc = op.table_coords(float(ideal))
@@ -215,8 +250,7 @@ def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[d
     if len(g) == 0:
         return []
     keys, coords = _families(kind, g)
-    ratio = g["time_s"].to_numpy(float) / predict(p, g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]),
-                                                  corr=TABLE_BASE[kind] == "curve")
+    ratio = g["time_s"].to_numpy(float) / _table_base(kind, p, g)
     axes, names = TABLE_AXES[kind], TABLE_KEYS[kind]
     by_key: dict[tuple, list[int]] = {}
     for i, k in enumerate(keys):
@@ -250,7 +284,7 @@ def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:
     out = np.full(len(g), np.nan)
     if len(g) == 0 or not parsed:
         return out
-    for i, (r, ideal) in enumerate(zip(g.to_dict("records"), g["ideal_ns"].to_numpy(float))):
+    for i, (r, ideal) in enumerate(zip(g.to_dict("records"), _table_x(kind, g))):
         op = make_op(kind, r)
         t = parsed.get(op.table_key())
         if t is not None:
@@ -588,7 +622,9 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
         "launch_overhead_s": {k: _sig(v, 4) for k, v in sorted(launches.items())},
         "model": ("t = max((F+F0)/(P*compute_frac), (B+B0)/(W*bandwidth_frac)) * corr(log2 ideal_ns) "
                   "+ launch_s for a shape family without a table; (max(...) + launch_s) * table(family, size) "
-                  "for one with a table (measured / affine-roofline ratios interpolated in log-log space)"),
+                  "for one with a table (measured / affine-roofline ratios interpolated in log-log space); prefill "
+                  "tables run along max(ideal_ns, serial-chain ideal_ns) and, for triton, take the chain "
+                  "as a third roof (sim.cost.ops.affine_roofline_s)"),
         "heldout_protocol": (f"held out: grid-marked shapes (GEMM M in {grids.GEMM_M_HELDOUT}, prefill "
                              f"(2,3000,3000) and (1,1000,6000), decode (batch,context) in {grids.DECODE_HELDOUT}) "
                              f"plus sha1(shape) % {HOLDOUT_MOD} == 0; fit on the rest, predict held out; "

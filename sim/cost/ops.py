@@ -74,6 +74,10 @@ class AttnPrefill:
     def table_key(self) -> tuple:
         return (self.heads, self.kv_heads, self.head_dim, int(self.seq_kv > self.seq_q), self.dtype)
 
+    def chain_flops(self) -> float:
+        """FLOPs of the longest serial chain: one query block over the whole context."""
+        return prefill_chain_flops(self.head_dim, self.seq_kv)
+
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
         return (math.log2(ideal_ns),)
 
@@ -142,6 +146,27 @@ class Elementwise:
 
 Op = Union[Gemm, AttnPrefill, AttnDecode, Elementwise]
 
+# query rows per program of a flash-style prefill kernel (calibrate/kernels/attn_prefill.py and
+# FlashAttention 2/3 at head_dim <= 128 all tile queries by 128): one program walks the whole
+# context of its query block serially, so no launch finishes before its longest program does
+PREFILL_BLOCK_M = 128
+
+
+def prefill_chain_flops(head_dim: int, seq_kv: int) -> float:
+    """FLOPs of one prefill program over a context of ``seq_kv`` keys (full tiles)."""
+    return 4.0 * PREFILL_BLOCK_M * head_dim * seq_kv
+
+
+def chain_ns(chain_flops: float, peak: float, num_sms: int) -> float:
+    """Ideal time (ns) of the serial chain of ``chain_flops`` on one SM (1/num_sms of the peak)."""
+    return chain_flops * num_sms / peak * 1e9
+
+
+# backends whose prefill kernel's program structure is known exactly (calibrate/kernels/
+# attn_prefill.py: one program per (query block, head, sequence), no split over the context);
+# their shape tables scale max(curve, chain roof), the others' the curve alone
+CHAIN_ROOF_BACKENDS = frozenset({"triton"})
+
 
 def affine_roofline_s(hw: HardwareProfile, kind: str, flops: float, bytes_: float,
                       dtype: str = "bf16", backend: str | None = None, op=None) -> tuple[float, float, float]:
@@ -155,11 +180,21 @@ def affine_roofline_s(hw: HardwareProfile, kind: str, flops: float, bytes_: floa
     ideal_ns = max(flops / peak, bytes_ / bw) * 1e9
     t = max(t_c, t_m)
     if op is not None and eff.tables:
-        f = eff.table_factor(op.table_key(), op.table_coords(ideal_ns))
+        cf = getattr(op, "chain_flops", None)
+        x_ns, tb = ideal_ns, t
+        if cf is not None:  # prefill: its table runs along max(ideal time, serial chain's ideal time)
+            c_ns = chain_ns(cf(), peak, hw.num_sms)
+            if c_ns > x_ns:
+                x_ns = c_ns
+            if (backend or hw.default_backend) in CHAIN_ROOF_BACKENDS:
+                tc = c_ns * 1e-9 / eff.compute_frac
+                if tc > tb:
+                    tb = tc
+        f = eff.table_factor(op.table_key(), op.table_coords(x_ns))
         if f is not None:  # a measured shape family: its table scales the roofline or the curve
             if TABLE_BASE[kind] == "roofline":
                 return (t + eff.launch_s) * f, t_c, t_m
-            return (t * eff.correction(ideal_ns) + eff.launch_s) * f, t_c, t_m
+            return (tb * eff.correction(ideal_ns) + eff.launch_s) * f, t_c, t_m
     return t * eff.correction(ideal_ns) + eff.launch_s, t_c, t_m
 
 

@@ -17,7 +17,7 @@ import bisect
 import math
 
 from sim.cost.base import BatchShape, StepTime, cost_models
-from sim.cost.ops import AttnPrefill, Elementwise, Gemm, affine_roofline_s
+from sim.cost.ops import AttnPrefill, Elementwise, Gemm, affine_roofline_s, prefill_chain_flops
 from sim.hardware import HardwareProfile
 from sim.model_spec import ModelSpec
 
@@ -27,13 +27,17 @@ _CACHE_LIMIT = 65536
 class _Family:
     """A shape family key standing in for an op (the prefill chunks of a step are one launch)."""
 
-    __slots__ = ("key",)
+    __slots__ = ("key", "chain")
 
-    def __init__(self, key: tuple):
+    def __init__(self, key: tuple, chain: float):
         self.key = key
+        self.chain = chain
 
     def table_key(self) -> tuple:
         return self.key
+
+    def chain_flops(self) -> float:
+        return self.chain
 
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
         return (math.log2(ideal_ns),)
@@ -126,11 +130,15 @@ class RooflineCost:
         """All prefill chunks of a step as one varlen launch (as flash-attention varlen runs them)."""
         m = self.model
         flops = bytes_ = 0.0
+        longest = 0
         for new, prior in chunks:
+            if prior + new > longest:
+                longest = prior + new
             op = AttnPrefill(1, new, prior + new, m.num_heads, m.num_kv_heads, m.head_dim, self.dtype)
             flops += op.flops()
             bytes_ += op.bytes()
-        fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), self.dtype))
+        fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), self.dtype),
+                      prefill_chain_flops(m.head_dim, longest))
         return m.num_layers * affine_roofline_s(self.hw, "attn_prefill", flops, bytes_, self.dtype, self.backend,
                                                 fam)[0]
 
