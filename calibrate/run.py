@@ -25,7 +25,7 @@ import triton
 import triton.testing
 
 from . import grids
-from .harness import BUDGET, DEV, TIMING, Budget, CsvOut, Skips, bench, log, measure_peaks, nvsmi, run_checks, sync
+from .harness import BUDGET, DEV, REPEATS, SPREAD, TIMING, Budget, bench_repeated, CsvOut, Skips, bench, log, measure_peaks, nvsmi, run_checks, sync
 from .kernels import attn_decode, attn_prefill, elementwise, gemm
 
 def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
@@ -108,7 +108,7 @@ def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips):
                 try:
                     if be == "triton":
                         fn = lambda: attn_prefill.prefill_attention(q, k, v, cu_q, cu_k, sq, o)  # noqa: E731
-                        t = bench(fn)
+                        t = bench_repeated(fn, "attn_prefill")
                     else:
                         q4 = q.view(bsz, sq, h, d).transpose(1, 2)
                         k4 = k.view(bsz, skv, kvh, d).transpose(1, 2)
@@ -116,13 +116,13 @@ def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips):
                         with _sdpa_ctx():
                             fn = _vendor_prefill(q4, k4, v4, sq, skv)
                             try:
-                                t = bench(fn)
+                                t = bench_repeated(fn, "attn_prefill")
                             except Exception:  # noqa: BLE001  (no GQA path: repeat kv heads)
                                 skips.add("attn_prefill_vendor_gqa_fallback_repeat_kv")
                                 k4 = k4.repeat_interleave(h // kvh, 1)
                                 v4 = v4.repeat_interleave(h // kvh, 1)
                                 fn = _vendor_prefill(q4, k4, v4, sq, skv)
-                                t = bench(fn)
+                                t = bench_repeated(fn, "attn_prefill")
                 except Exception as e:  # noqa: BLE001
                     skips.add(f"attn_prefill_{be}: {type(e).__name__}: {str(e)[:120]}")
                     continue
@@ -172,9 +172,9 @@ def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips):
                         fn = lambda: F.scaled_dot_product_attention(q4, k4, v4, enable_gqa=True)  # noqa: E731
                     if be == "vendor":
                         with _sdpa_ctx():
-                            t = bench(fn)
+                            t = bench_repeated(fn, "attn_decode")
                     else:
-                        t = bench(fn)
+                        t = bench_repeated(fn, "attn_decode")
                 except Exception as e:  # noqa: BLE001
                     skips.add(f"attn_decode_{be}: {type(e).__name__}: {str(e)[:120]}")
                     continue
@@ -390,6 +390,8 @@ def main(argv=None):
             prov.setdefault("op_seconds", {})[op] = round(time.time() - t0, 1)
             log(f"[time] {op}: {w.n} rows in {time.time() - t0:.1f} s")
     prov["skipped"] = skips.items
+    prov["repeats"] = dict(REPEATS)
+    prov["repeat_spread"] = SPREAD.summary()
     prov["clocks_after"] = nvsmi("clocks.sm,clocks.mem,clocks.max.sm")
     prov["wall_time_s"] = round(time.time() - t_start, 1)
     with open(os.path.join(args.out, "provenance.json"), "w") as f:
