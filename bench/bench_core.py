@@ -17,7 +17,7 @@ SHAREGPT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "sharegpt
     "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
 
 
-def config(n: int, rate: float) -> dict:
+def config(n: int, rate: float, hardware: str = "h100_sxm") -> dict:
     if SHAREGPT.exists():
         workload = {"num_requests": n, "arrival": {"name": "poisson", "params": {"rate_per_s": rate}},
                     "trace": {"path": str(SHAREGPT), "format": "sharegpt"}}
@@ -25,7 +25,7 @@ def config(n: int, rate: float) -> dict:
         workload = {"num_requests": n, "arrival": {"name": "poisson", "params": {"rate_per_s": rate}},
                     "prompt_tokens": {"name": "lognormal", "params": {"median": 1730, "sigma": 0.9, "max": 8000}},
                     "output_tokens": {"name": "lognormal", "params": {"median": 415, "sigma": 0.6, "max": 2000}}}
-    return {"model": "llama-3.1-8b", "hardware": "h100_sxm", "workload": workload, "seed": 1,
+    return {"model": "llama-3.1-8b", "hardware": hardware, "workload": workload, "seed": 1,
             "engine": {"max_num_seqs": 256, "max_num_batched_tokens": 8192}}
 
 
@@ -33,14 +33,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rate", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument("--hardware", default="h100_sxm",
+                    help="profile name or YAML path (compare profiles in one sitting: the machine is noisy)")
     args = ap.parse_args()
     for rate in args.rate:
-        cfg = config(args.requests, rate)
+        cfg = config(args.requests, rate, args.hardware)
         t0 = time.perf_counter()
         res = sim.run(cfg)
         wall = time.perf_counter() - t0
         s = res.summary()
-        print(json.dumps({"scenario": "llama-3.1-8b/h100_sxm/sharegpt", "lengths": "sharegpt" if SHAREGPT.exists() else "lognormal-fallback",
+        print(json.dumps({"scenario": f"llama-3.1-8b/{args.hardware}/sharegpt", "lengths": "sharegpt" if SHAREGPT.exists() else "lognormal-fallback",
                           "rate_per_s": rate, "requests": args.requests, "wall_s": round(wall, 3),
                           "sim_requests_per_wall_s": round(args.requests / wall, 1),
                           "iterations": s["num_iterations"],

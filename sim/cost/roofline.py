@@ -70,6 +70,7 @@ class RooflineCost:
         self._dec_eff = eff
         # the measured table of this model's decode head configuration, if the profile has one
         self._dec_table = getattr(eff, "_tables", {}).get((m.num_heads, m.num_kv_heads, m.head_dim, self.dtype))
+        self._dec_fns: dict = {}  # num -> decode attention seconds as a function of the context sum
         self._peak = hardware.peak_flops(self.dtype)
         self._bw = hardware.memory_bandwidth_bytes_per_s
         self._kv_bytes_tok_layer = m.kv_bytes_per_token_per_layer
@@ -142,49 +143,82 @@ class RooflineCost:
         return m.num_layers * affine_roofline_s(self.hw, "attn_prefill", flops, bytes_, self.dtype, self.backend,
                                                 fam)[0]
 
-    def _attn_decode(self, num: int, context_sum: int, rows=None) -> float:
-        """Decode attention of ``num`` requests over ``context_sum`` cached tokens, all layers.
+    def _attn_decode(self, num: int, context_sum: int) -> float:
+        """Decode attention of ``num`` requests over ``context_sum`` cached tokens, all layers."""
+        f = self._dec_fns.get(num)
+        if f is None:
+            f = self._dec_fns[num] = self._decode_fn(num)
+        return f(context_sum)
 
-        ``rows``: the decode table's row lookup for this ``num`` (``_dec_rows``), precomputed
-        by ``decode_run``; the arithmetic is the same either way (fast-forward == stepping).
-        """
+    def _decode_fn(self, num: int):
+        """Decode attention seconds as a function of the context sum, for ``num`` requests:
+        the affine roofline, its correction and (if the profile has one) the measured table of
+        this head configuration, with every constant of ``num`` hoisted. Stepping and
+        fast-forwarding both call it, so they agree bit for bit."""
         m, eff = self.model, self._dec_eff
-        flops = 4.0 * m.num_heads * m.head_dim * context_sum
-        bytes_ = context_sum * self._kv_bytes_tok_layer + num * self._q_o_bytes_per_req
-        t_c = (flops + eff.fixed_flops) / (self._peak * eff.compute_frac)
-        t_m = (bytes_ + eff.fixed_bytes) / (self._bw * eff.bandwidth_frac)
-        t = t_c if t_c > t_m else t_m
-        ideal_ns = max(flops / self._peak, bytes_ / self._bw) * 1e9
-        t = t * eff.correction(ideal_ns) + eff.launch_s
-        if self._dec_table is not None and context_sum > 0:
-            i0, i1, w = rows if rows is not None else self._dec_rows(num)
-            x = math.log2(context_sum / num)
-            tab = self._dec_table
-            y0 = tab._row(i0, x)
-            y = y0 if i1 == i0 else y0 + (tab._row(i1, x) - y0) * w
-            t *= math.exp(y)
-        return m.num_layers * t
+        fc = 4.0 * m.num_heads * m.head_dim
+        kvb, qo = self._kv_bytes_tok_layer, num * self._q_o_bytes_per_req
+        ff, fb, launch, L = eff.fixed_flops, eff.fixed_bytes, eff.launch_s, m.num_layers
+        pc, pbw = self._peak * eff.compute_frac, self._bw * eff.bandwidth_frac
+        peak, bw = self._peak, self._bw
+        corr = eff.correction if eff.corr_log2_x else None
+        tab = self._dec_table
+        if tab is not None:
+            rc = tab._row_coords
+            r = math.log2(num)
+            if len(rc) == 1 or r <= rc[0]:
+                i0 = i1 = 0
+                w = 0.0
+            elif r >= rc[-1]:
+                i0 = i1 = len(rc) - 1
+                w = 0.0
+            else:
+                i1 = bisect.bisect_right(rc, r)
+                i0 = i1 - 1
+                w = (r - rc[i0]) / (rc[i1] - rc[i0])
+            if tab.breaks:
+                row = tab._row
+            else:  # no class breaks (decode tables): _interp_class on the two rows, inlined
+                (_, xs0, ys0), (_, xs1, ys1) = tab.rows[i0], tab.rows[i1]
+                bis = bisect.bisect_right
 
-    def _dec_rows(self, num: int) -> tuple[int, int, float]:
-        """(row, next row, weight) of the decode table at batch ``num`` (as ShapeTable.log_factor)."""
-        rc = self._dec_table._row_coords
-        r = math.log2(num)
-        if len(rc) == 1 or r <= rc[0]:
-            return 0, 0, 0.0
-        if r >= rc[-1]:
-            return len(rc) - 1, len(rc) - 1, 0.0
-        i = bisect.bisect_right(rc, r)
-        return i - 1, i, (r - rc[i - 1]) / (rc[i] - rc[i - 1])
+                def row(i: int, x: float, xs0=xs0, ys0=ys0, xs1=xs1, ys1=ys1) -> float:
+                    xs, ys = (xs0, ys0) if i == i0 else (xs1, ys1)
+                    if x <= xs[0]:
+                        return ys[0]
+                    if x >= xs[-1]:
+                        return ys[-1]
+                    j = bis(xs, x)
+                    return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+        log2, exp = math.log2, math.exp
+
+        def f(context_sum: int) -> float:
+            flops = fc * context_sum
+            bytes_ = context_sum * kvb + qo
+            t_c = (flops + ff) / pc
+            t_m = (bytes_ + fb) / pbw
+            t = t_c if t_c > t_m else t_m
+            if corr is not None:
+                a, b = flops / peak, bytes_ / bw
+                t = t * corr((a if a > b else b) * 1e9)
+            t = t + launch
+            if tab is not None and context_sum > 0:
+                x = log2(context_sum / num)
+                y0 = row(i0, x)
+                t *= exp(y0 if i1 == i0 else y0 + (row(i1, x) - y0) * w)
+            return L * t
+        return f
 
     def decode_run(self, n: int, context_sum: int, k: int) -> tuple[list[float], StepTime]:
         """Attention seconds of k pure-decode steps (context grows by n per step) + the fixed parts.
 
-        The same arithmetic as ``step_time`` step by step (``_attn_decode``), for fast-forwarding.
+        The same function as ``step_time`` step by step (``_decode_fn``), for fast-forwarding.
         """
         gemm, other = self._dense(n, n)
-        dec = self._attn_decode
-        rows = self._dec_rows(n) if self._dec_table is not None else None
-        attn = [dec(n, context_sum + i * n, rows) for i in range(k)]
+        f = self._dec_fns.get(n)
+        if f is None:
+            f = self._dec_fns[n] = self._decode_fn(n)
+        attn = [f(context_sum + i * n) for i in range(k)]
         return attn, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
 
     # -- interface ---------------------------------------------------------------------
