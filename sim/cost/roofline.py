@@ -18,7 +18,7 @@ import math
 
 from sim.cost.base import BatchShape, StepTime, cost_models
 from sim.cost.ops import AttnPrefill, Elementwise, Gemm, affine_roofline_s, prefill_chain_flops
-from sim.hardware import HardwareProfile
+from sim.hardware import TABLE_BASE, HardwareProfile
 from sim.model_spec import ModelSpec
 
 _CACHE_LIMIT = 65536
@@ -70,7 +70,12 @@ class RooflineCost:
         self._dec_eff = eff
         # the measured table of this model's decode head configuration, if the profile has one
         self._dec_table = getattr(eff, "_tables", {}).get((m.num_heads, m.num_kv_heads, m.head_dim, self.dtype))
-        self._dec_fns: dict = {}  # num -> decode attention seconds as a function of the context sum
+        self._dec_fns: dict = {}
+        self._fast = {}
+        for kind in ("gemm", "elementwise"):
+            assert TABLE_BASE[kind] == "roofline"  # _op_s assumes it
+            e = hardware.op_efficiency(kind, self.backend)
+            self._fast[kind] = (e, getattr(e, "_tables", {}))  # num -> decode attention seconds as a function of the context sum
         self._peak = hardware.peak_flops(self.dtype)
         self._bw = hardware.memory_bandwidth_bytes_per_s
         self._kv_bytes_tok_layer = m.kv_bytes_per_token_per_layer
@@ -78,8 +83,19 @@ class RooflineCost:
 
     # -- parts -------------------------------------------------------------------------
     def _op_s(self, op) -> float:
-        """One launch of ``op``: sim.cost.ops.affine_roofline_s (shape tables included)."""
-        return affine_roofline_s(self.hw, op.kind, op.flops(), op.bytes(), self.dtype, self.backend, op)[0]
+        """One launch of a GEMM or elementwise ``op``: sim.cost.ops.affine_roofline_s with the
+        profile lookups hoisted (same arithmetic, so the same seconds as ``op_time``)."""
+        eff, tabs = self._fast[op.kind]
+        flops, bytes_ = op.flops(), op.bytes()
+        peak, bw = self._peak, self._bw
+        t_c = (flops + eff.fixed_flops) / (peak * eff.compute_frac) if flops > 0 else 0.0
+        t_m = (bytes_ + eff.fixed_bytes) / (bw * eff.bandwidth_frac)
+        t = max(t_c, t_m)
+        ideal_ns = max(flops / peak, bytes_ / bw) * 1e9
+        tab = tabs.get(op.table_key()) if tabs else None
+        if tab is not None:  # TABLE_BASE of gemm and elementwise: roofline + launch
+            return (t + eff.launch_s) * math.exp(tab.log_factor(op.table_coords(ideal_ns)))
+        return t * eff.correction(ideal_ns) + eff.launch_s
 
     def _dense(self, tokens: int, sampled: int) -> tuple[float, float]:
         """(gemm seconds, other seconds) for everything but attention; cached by shape."""
