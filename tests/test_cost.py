@@ -86,3 +86,16 @@ def test_profiles_load_and_reject_bad_efficiency():
          "efficiency": {"backends": {"vendor": {"gemm": {"compute_frac": 2.5}}}}}
     with pytest.raises(Exception, match="efficiency.backends.vendor.gemm.compute_frac"):
         profile_from_dict(d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20000), st.sampled_from(["h100_sxm", "h200_sxm", "a100_80gb_sxm"]),
+       st.sampled_from(["vendor", "triton"]))
+def test_step_model_prices_ops_exactly_as_op_time(tokens, hw_name, backend):
+    hw = load_hardware(hw_name)
+    if backend not in hw.efficiency:
+        return
+    c = RooflineCost(M8, hw, backend=backend)
+    for op in (Gemm(tokens, 6144, 4096), Gemm(tokens, 4000, 4000), Elementwise("rmsnorm", tokens, 4096),
+               Elementwise("silu_mul", tokens, 14336), Elementwise("add", tokens, 1234)):
+        assert c._op_s(op) == op_time(hw, op, backend)
