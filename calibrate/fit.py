@@ -28,9 +28,6 @@ bf16 rows; fp8 rows get a separate informational fit), clock drift within a run.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,264 +37,20 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from calibrate import grids
-from sim.cost.ops import CHAIN_ROOF_BACKENDS, AttnDecode, AttnPrefill, Elementwise, Gemm, chain_ns
-from sim.hardware import BACKENDS, OP_KINDS, TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table, profile_from_dict
-from sim.config import ConfigError, read_yaml
+from calibrate.measurements import (HOLDOUT_MOD, SHAPE_COLS, TARGETS, FitError, _date, _display_path,
+                                    _provenance_summary, prepare, read_measurements, read_provenance, shape_key)
+from calibrate.model import _sig, build_tables, predict, predict_rows
+from sim.hardware import OP_KINDS, profile_from_dict
+from sim.config import read_yaml
+
 
 PRIMARY_DTYPE = "bf16"
-SHAPE_COLS = {"gemm": ["m", "n", "k"],
-              "attn_prefill": ["batch", "seq_q", "seq_kv", "heads", "kv_heads", "head_dim"],
-              "attn_decode": ["batch", "context", "heads", "kv_heads", "head_dim"],
-              "elementwise": ["op", "tokens", "hidden"]}
-TARGETS = {"median_abs_pct_err": 5.0, "p90_abs_pct_err": 15.0}
-HOLDOUT_MOD = 4
 F_SCALE = 0.05          # soft_l1 scale on log residuals (~5 %)
 KNOT_STEP = 2.0         # correction knots every factor 4 of ideal time
-COUNT_RTOL = 1e-3
-
-
-class FitError(ValueError):
-    """A problem with the measurement folder (one-line message)."""
-
-
-# ------------------------------------------------------------------------------ reading
-def read_measurements(data_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The op CSVs present in ``data_dir`` (gemm, attn_prefill, attn_decode, elementwise)."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise FitError(f"{d}: no such directory")
-    out = {}
-    for kind in OP_KINDS:
-        p = d / f"{kind}.csv"
-        if not p.exists():
-            continue
-        try:
-            df = pd.read_csv(p)
-        except Exception as e:  # noqa: BLE001
-            raise FitError(f"{p}: unreadable CSV ({type(e).__name__}: {e})") from None
-        missing = [c for c in grids.COLUMNS[kind] if c not in df.columns]
-        if missing:
-            raise FitError(f"{p}: missing columns {missing}; expected {grids.COLUMNS[kind]}")
-        t = pd.to_numeric(df["time_s"], errors="coerce")
-        if t.isna().any() or (t <= 0).any():
-            raise FitError(f"{p}: time_s must be positive numbers (row {int(np.argmax(t.isna() | (t <= 0))) + 2})")
-        df["time_s"] = t.astype(float)
-        df["backend"] = df["backend"].astype(str)
-        df["dtype"] = df["dtype"].astype(str)
-        out[kind] = df
-    if not out:
-        raise FitError(f"{d}: no calibration CSVs ({', '.join(k + '.csv' for k in OP_KINDS)})")
-    return out
-
-
-def read_provenance(data_dir: str | Path) -> dict:
-    p = Path(data_dir) / "provenance.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
-def make_op(kind: str, r: Mapping):
-    """The sim.cost.ops object for one CSV row."""
-    if kind == "gemm":
-        return Gemm(int(r["m"]), int(r["n"]), int(r["k"]), r["dtype"])
-    if kind == "attn_prefill":
-        return AttnPrefill(int(r["batch"]), int(r["seq_q"]), int(r["seq_kv"]), int(r["heads"]),
-                           int(r["kv_heads"]), int(r["head_dim"]), r["dtype"])
-    if kind == "attn_decode":
-        return AttnDecode(int(r["batch"]), int(r["context"]), int(r["heads"]), int(r["kv_heads"]),
-                          int(r["head_dim"]), r["dtype"])
-    return Elementwise(str(r["op"]), int(r["tokens"]), int(r["hidden"]), r["dtype"])
-
-
-def shape_key(kind: str, r: Mapping) -> str:
-    return f"{kind}:{r['dtype']}:" + ",".join(f"{c}={r[c]}" for c in SHAPE_COLS[kind])
-
-
-def _marked_heldout(kind: str, r: Mapping) -> bool:
-    if kind == "gemm":
-        return int(r["m"]) in grids.GEMM_M_HELDOUT
-    if kind == "attn_prefill":
-        return (int(r["batch"]), int(r["seq_q"]), int(r["seq_kv"])) in {(2, 3000, 3000), (1, 1000, 6000)}
-    if kind == "attn_decode":
-        return (int(r["batch"]), int(r["context"])) in set(grids.DECODE_HELDOUT)
-    return False
-
-
-def is_heldout(kind: str, r: Mapping) -> bool:
-    """Deterministic split: grid-marked held-out shapes, plus hash(shape) % 4 == 0."""
-    h = int(hashlib.sha1(shape_key(kind, r).encode()).hexdigest()[:8], 16)
-    return _marked_heldout(kind, r) or h % HOLDOUT_MOD == 0
-
-
-def _peak_or_nan(hw, dtype: str) -> float:
-    try:
-        return hw.peak_flops(dtype)
-    except ConfigError:
-        return float("nan")
-
-
-def prepare(kind: str, df: pd.DataFrame, hw) -> pd.DataFrame:
-    """Rows of one op file with flops/bytes from sim.cost.ops (checked against the CSV),
-    peaks, ideal time and the held-out flag.  Drops the elementwise 'launch' rows."""
-    if kind == "elementwise":
-        df = df[df["op"] != "launch"]
-        # eager-PyTorch rotary is ~10 small launches, host-bound (no engine runs it): kept in the
-        # CSV, not fitted; the vendor curve prices a fused rotary like the other elementwise ops
-        vr = (df["op"] == "rotary") & (df["backend"] == "vendor")
-        n_vr = int(vr.sum())
-        df = df[~vr]
-    df = df.reset_index(drop=True).copy()
-    recs = df.to_dict("records")
-    try:
-        ops = [make_op(kind, r) for r in recs]
-        flops = np.array([o.flops() for o in ops], float)
-        byts = np.array([o.bytes() for o in ops], float)
-    except (KeyError, ValueError) as e:
-        raise FitError(f"{kind}.csv: cannot count FLOPs/bytes of a row ({type(e).__name__}: {e})") from None
-    for col, ours in (("flops", flops), ("bytes", byts)):
-        theirs = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        rel = np.abs(theirs - ours) / np.maximum(np.abs(ours), 1.0)
-        if np.any(~np.isfinite(rel)) or np.any(rel > COUNT_RTOL):
-            i = int(np.argmax(np.where(np.isfinite(rel), rel, np.inf)))
-            raise FitError(f"{kind}.csv row {i + 2}: {col} {theirs[i]:.6g} disagrees with sim.cost.ops "
-                           f"({ours[i]:.6g}); the CSV and the cost model must count the same work")
-    df["flops_"] = flops
-    df["bytes_"] = byts
-    df["peak"] = [_peak_or_nan(hw, dt) for dt in df["dtype"]]
-    df["bw"] = hw.memory_bandwidth_bytes_per_s
-    df["num_sms"] = hw.num_sms
-    df["ideal_ns"] = np.maximum(flops / df["peak"], byts / df["bw"]) * 1e9
-    df["heldout"] = [is_heldout(kind, r) for r in recs]
-    # rows the profile cannot price (a dtype without a peak, a backend it has no name for)
-    keep = df["peak"].notna() & df["backend"].isin(BACKENDS)
-    dropped = {f"{be}/{dt}": int(n) for (be, dt), n in df[~keep].groupby(["backend", "dtype"]).size().items()}
-    if kind == "elementwise" and n_vr:
-        dropped["vendor/rotary (eager composite, host-bound)"] = n_vr
-    df = df[keep].reset_index(drop=True)
-    df.attrs["dropped"] = dropped
-    return df
-
-
-# ------------------------------------------------------------------------------ model
-def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True) -> np.ndarray:
-    """Vectorised affine roofline (same arithmetic as sim.cost.ops.affine_roofline_s); with
-    ``corr=False`` the plain affine roofline plus launch, the base that shape tables scale."""
-    flops, byts, peak = np.asarray(flops, float), np.asarray(byts, float), np.asarray(peak, float)
-    t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
-    t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
-    t = np.maximum(t_c, t_m)
-    xs = p.get("corr_log2_x")
-    if corr and xs is not None and len(xs):
-        lx = np.log2(np.maximum(flops / peak, byts / bw) * 1e9)
-        t = t * np.interp(lx, xs, p["corr_factor"])
-    return t + p["launch_s"]
-
-
-def predict_rows(kind: str, p: Mapping, tables: list[dict], g: pd.DataFrame) -> np.ndarray:
-    """Predictions for the rows ``g`` as sim.cost.ops.op_time makes them: a row whose shape
-    family has a table gets its base (sim.hardware.TABLE_BASE) x table ratio; any other the curve."""
-    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0])) if len(g) else None
-    if args is None:
-        return np.zeros(0)
-    tf = table_factors(kind, g, tables)
-    base = _table_base(kind, p, g)
-    return np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0))
-
-
-def chain_ns_rows(kind: str, g: pd.DataFrame) -> np.ndarray:
-    """Each row's serial-chain ideal time in ns (sim.cost.ops.chain_ns; 0 for ops without one)."""
-    out = np.zeros(len(g))
-    for i, (r, pk, ns) in enumerate(zip(g.to_dict("records"), g["peak"].to_numpy(float), g["num_sms"].to_numpy())):
-        cf = getattr(make_op(kind, r), "chain_flops", None)
-        if cf is not None:
-            out[i] = chain_ns(cf(), float(pk), int(ns))
-    return out
-
-
-def _table_x(kind: str, g: pd.DataFrame) -> np.ndarray:
-    """The size a shape table runs along (sim.cost.ops.affine_roofline_s): the ideal time, or
-    for prefill the longer of it and the serial chain's ideal time."""
-    return np.maximum(g["ideal_ns"].to_numpy(float), chain_ns_rows(kind, g))
-
-
-def _table_base(kind: str, p: Mapping, g: pd.DataFrame) -> np.ndarray:
-    """What a shape table's ratio multiplies (as sim.cost.ops.affine_roofline_s): the affine
-    roofline + launch, or the corrected curve (for a CHAIN_ROOF_BACKENDS prefill, the roofline
-    with the serial chain at compute_frac as a third roof) + launch."""
-    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]))
-    if TABLE_BASE[kind] != "curve":
-        return predict(p, *args, corr=False)
-    t = predict(p, *args, corr=False) - p["launch_s"]
-    corr = (predict(p, *args) - p["launch_s"]) / t
-    roof = g["backend"].isin(CHAIN_ROOF_BACKENDS).to_numpy()
-    tc = np.where(roof, chain_ns_rows(kind, g) * 1e-9 / p["compute_frac"], 0.0)
-    return np.maximum(t, tc) * corr + p["launch_s"]
-
-
-# ------------------------------------------------------------------------------ shape tables
-def _families(kind: str, g: pd.DataFrame) -> tuple[list[tuple], np.ndarray]:
-    """Each row's shape-family key and its raw axis values ([n, axes])."""
-    keys, coords = [], []
-    for r, ideal in zip(g.to_dict("records"), _table_x(kind, g)):
-        op = make_op(kind, r)
-        keys.append(op.table_key())
-        lc = op.table_coords(float(ideal))
-        coords.append([2.0 ** c for c in lc])
-    return keys, np.asarray(coords, float).reshape(len(keys), len(TABLE_AXES[kind]))
-
-
-def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[dict]:
-    """Shape tables (profile YAML form) of measured / curve ratios for the rows ``g``."""
-    if len(g) == 0:
-        return []
-    keys, coords = _families(kind, g)
-    ratio = g["time_s"].to_numpy(float) / _table_base(kind, p, g)
-    axes, names = TABLE_AXES[kind], TABLE_KEYS[kind]
-    by_key: dict[tuple, list[int]] = {}
-    for i, k in enumerate(keys):
-        by_key.setdefault(k, []).append(i)
-    out = []
-    for k in sorted(by_key, key=lambda t: tuple(str(v) for v in t)):
-        idx = by_key[k]
-        rows: dict[float, dict[float, list[float]]] = {}
-        for i in idx:
-            rc = coords[i, 0] if len(axes) == 2 else 0.0
-            rows.setdefault(float(rc), {}).setdefault(float(coords[i, -1]), []).append(math.log(ratio[i]))
-        trows = []
-        for rc in sorted(rows):
-            xs = sorted(rows[rc])
-            row = {axes[-1]: [_sig(x, 6) if kind == "attn_prefill" else int(round(x)) for x in xs],
-                   "factor": [_sig(math.exp(float(np.mean(rows[rc][x]))), 4) for x in xs]}
-            if len(axes) == 2:
-                row = {axes[0]: int(round(rc)), **row}
-            trows.append(row)
-        tab = {"key": dict(zip(names, k)), "rows": trows}
-        dtype = k[names.index("dtype")]
-        if kind == "gemm" and backend == "triton" and dtype in grids.TRITON_GEMM_M_BREAKS:
-            tab["breaks"] = grids.triton_gemm_breaks(int(k[0]), dtype, int(g["num_sms"].iloc[0]))
-        out.append(tab)
-    return out
-
-
-def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:
-    """Each row's table ratio (NaN where its family has no table), as sim.hardware computes it."""
-    parsed = {t.key: t for t in (_parse_table(d, kind, "shape_tables", "<fit>") for d in tables)}
-    out = np.full(len(g), np.nan)
-    if len(g) == 0 or not parsed:
-        return out
-    for i, (r, ideal) in enumerate(zip(g.to_dict("records"), _table_x(kind, g))):
-        op = make_op(kind, r)
-        t = parsed.get(op.table_key())
-        if t is not None:
-            out[i] = math.exp(t.log_factor(op.table_coords(float(ideal))))
-    return out
 
 
 def _abs_pct(pred, meas) -> np.ndarray:
     return np.abs(np.asarray(pred) / np.asarray(meas) - 1.0) * 100.0
-
-
-def _sig(v: float, n: int = 6) -> float:
-    return float(f"{float(v):.{n}g}")
 
 
 def _stage1(flops, byts, peak, bw, logt, cf_p, bf_p, pin_c, pin_m, launch_s) -> dict:
@@ -478,43 +231,6 @@ def _curve_yaml(p: Mapping, meta: Mapping) -> dict:
     if p.get("shape_tables"):
         d["shape_tables"] = p["shape_tables"]
     return d
-
-
-def _date(prov: Mapping) -> str:
-    s = str(prov.get("date_utc", ""))
-    try:
-        return _dt.datetime.fromisoformat(s).date().isoformat()
-    except ValueError:
-        return s or "date unknown"
-
-
-def _display_path(data_dir: Path) -> str:
-    parts = data_dir.resolve().parts
-    if "calibrate" in parts:
-        i = len(parts) - 1 - parts[::-1].index("calibrate")
-        return "/".join(parts[i:])
-    return f"calibrate/data/{data_dir.resolve().name}"
-
-
-def _provenance_summary(prov: Mapping) -> dict:
-    smi = str(prov.get("nvidia_smi", ""))
-    lines = [ln for ln in smi.splitlines() if ln.strip()]
-    driver = ""
-    if len(lines) >= 2 and "driver_version" in lines[0]:
-        hdr = [h.strip() for h in lines[0].split(",")]
-        val = [v.strip() for v in lines[1].split(",")]
-        driver = dict(zip(hdr, val)).get("driver_version", "")
-    peaks = prov.get("peaks") or {}
-    out = {"gpu": prov.get("device_name"), "gpu_name_arg": prov.get("gpu_name_arg"), "driver": driver or None,
-           "cuda": prov.get("cuda_runtime"), "torch": prov.get("torch"), "triton": prov.get("triton"),
-           "date_utc": prov.get("date_utc"), "clocks_before": prov.get("clocks_before"),
-           "clocks_after": prov.get("clocks_after"), "wall_time_s": prov.get("wall_time_s"),
-           "quick": prov.get("quick"),
-           "checks_passed": {k: bool(v.get("passed")) for k, v in (prov.get("checks") or {}).items()},
-           "skipped": prov.get("skipped") or {},
-           "measured_copy_bw_bytes_per_s": peaks.get("copy_bw_bytes_per_s"),
-           "measured_matmul_bf16_flops_per_s": peaks.get("matmul_bf16_flops_per_s")}
-    return {k: v for k, v in out.items() if v not in (None, "", {})}
 
 
 # ------------------------------------------------------------------------------ entry point

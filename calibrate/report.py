@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.fit import SHAPE_COLS, TARGETS, make_op, read_measurements, read_provenance
+from calibrate.measurements import SHAPE_COLS, TARGETS, make_op, read_measurements, read_provenance
 from sim.cost.ops import op_time
 from sim.hardware import OP_KINDS, HardwareProfile
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from calibrate.fit import TARGETS
+from calibrate.measurements import TARGETS
 from sim.hardware import OP_KINDS, load_hardware
 from sim.model_spec import load_model
 

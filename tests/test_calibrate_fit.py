@@ -18,7 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from calibrate import grids
-from calibrate.fit import FitError, fit_profile, make_op, read_measurements
+from calibrate.fit import FitError, fit_profile
+from calibrate.measurements import make_op, read_measurements
 from sim.cli import app
 from sim.cost.ops import affine_roofline_s, op_time
 from sim.hardware import OpEfficiency, dump_profile, load_hardware

@@ -1,0 +1,136 @@
+"""The fitted model's predictions, vectorised over measurement rows: the affine-roofline curve
+and the shape tables (built from measured / base ratios, applied as sim.hardware.ShapeTable
+and sim.cost.ops.affine_roofline_s apply them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from calibrate import grids
+from calibrate.measurements import make_op
+from sim.cost.ops import CHAIN_ROOF_BACKENDS, chain_ns
+from sim.hardware import TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table
+
+
+def _sig(v: float, n: int = 6) -> float:
+    return float(f"{float(v):.{n}g}")
+
+
+
+
+def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True) -> np.ndarray:
+    """Vectorised affine roofline (same arithmetic as sim.cost.ops.affine_roofline_s); with
+    ``corr=False`` the plain affine roofline plus launch, the base that shape tables scale."""
+    flops, byts, peak = np.asarray(flops, float), np.asarray(byts, float), np.asarray(peak, float)
+    t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
+    t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
+    t = np.maximum(t_c, t_m)
+    xs = p.get("corr_log2_x")
+    if corr and xs is not None and len(xs):
+        lx = np.log2(np.maximum(flops / peak, byts / bw) * 1e9)
+        t = t * np.interp(lx, xs, p["corr_factor"])
+    return t + p["launch_s"]
+
+
+def predict_rows(kind: str, p: Mapping, tables: list[dict], g: pd.DataFrame) -> np.ndarray:
+    """Predictions for the rows ``g`` as sim.cost.ops.op_time makes them: a row whose shape
+    family has a table gets its base (sim.hardware.TABLE_BASE) x table ratio; any other the curve."""
+    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0])) if len(g) else None
+    if args is None:
+        return np.zeros(0)
+    tf = table_factors(kind, g, tables)
+    base = _table_base(kind, p, g)
+    return np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0))
+
+
+def chain_ns_rows(kind: str, g: pd.DataFrame) -> np.ndarray:
+    """Each row's serial-chain ideal time in ns (sim.cost.ops.chain_ns; 0 for ops without one)."""
+    out = np.zeros(len(g))
+    for i, (r, pk, ns) in enumerate(zip(g.to_dict("records"), g["peak"].to_numpy(float), g["num_sms"].to_numpy())):
+        cf = getattr(make_op(kind, r), "chain_flops", None)
+        if cf is not None:
+            out[i] = chain_ns(cf(), float(pk), int(ns))
+    return out
+
+
+def _table_x(kind: str, g: pd.DataFrame) -> np.ndarray:
+    """The size a shape table runs along (sim.cost.ops.affine_roofline_s): the ideal time, or
+    for prefill the longer of it and the serial chain's ideal time."""
+    return np.maximum(g["ideal_ns"].to_numpy(float), chain_ns_rows(kind, g))
+
+
+def _table_base(kind: str, p: Mapping, g: pd.DataFrame) -> np.ndarray:
+    """What a shape table's ratio multiplies (as sim.cost.ops.affine_roofline_s): the affine
+    roofline + launch, or the corrected curve (for a CHAIN_ROOF_BACKENDS prefill, the roofline
+    with the serial chain at compute_frac as a third roof) + launch."""
+    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]))
+    if TABLE_BASE[kind] != "curve":
+        return predict(p, *args, corr=False)
+    t = predict(p, *args, corr=False) - p["launch_s"]
+    corr = (predict(p, *args) - p["launch_s"]) / t
+    roof = g["backend"].isin(CHAIN_ROOF_BACKENDS).to_numpy()
+    tc = np.where(roof, chain_ns_rows(kind, g) * 1e-9 / p["compute_frac"], 0.0)
+    return np.maximum(t, tc) * corr + p["launch_s"]
+
+
+# ------------------------------------------------------------------------------ shape tables
+def _families(kind: str, g: pd.DataFrame) -> tuple[list[tuple], np.ndarray]:
+    """Each row's shape-family key and its raw axis values ([n, axes])."""
+    keys, coords = [], []
+    for r, ideal in zip(g.to_dict("records"), _table_x(kind, g)):
+        op = make_op(kind, r)
+        keys.append(op.table_key())
+        lc = op.table_coords(float(ideal))
+        coords.append([2.0 ** c for c in lc])
+    return keys, np.asarray(coords, float).reshape(len(keys), len(TABLE_AXES[kind]))
+
+
+def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[dict]:
+    """Shape tables (profile YAML form) of measured / curve ratios for the rows ``g``."""
+    if len(g) == 0:
+        return []
+    keys, coords = _families(kind, g)
+    ratio = g["time_s"].to_numpy(float) / _table_base(kind, p, g)
+    axes, names = TABLE_AXES[kind], TABLE_KEYS[kind]
+    by_key: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    out = []
+    for k in sorted(by_key, key=lambda t: tuple(str(v) for v in t)):
+        idx = by_key[k]
+        rows: dict[float, dict[float, list[float]]] = {}
+        for i in idx:
+            rc = coords[i, 0] if len(axes) == 2 else 0.0
+            rows.setdefault(float(rc), {}).setdefault(float(coords[i, -1]), []).append(math.log(ratio[i]))
+        trows = []
+        for rc in sorted(rows):
+            xs = sorted(rows[rc])
+            row = {axes[-1]: [_sig(x, 6) if kind == "attn_prefill" else int(round(x)) for x in xs],
+                   "factor": [_sig(math.exp(float(np.mean(rows[rc][x]))), 4) for x in xs]}
+            if len(axes) == 2:
+                row = {axes[0]: int(round(rc)), **row}
+            trows.append(row)
+        tab = {"key": dict(zip(names, k)), "rows": trows}
+        dtype = k[names.index("dtype")]
+        if kind == "gemm" and backend == "triton" and dtype in grids.TRITON_GEMM_M_BREAKS:
+            tab["breaks"] = grids.triton_gemm_breaks(int(k[0]), dtype, int(g["num_sms"].iloc[0]))
+        out.append(tab)
+    return out
+
+
+def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:
+    """Each row's table ratio (NaN where its family has no table), as sim.hardware computes it."""
+    parsed = {t.key: t for t in (_parse_table(d, kind, "shape_tables", "<fit>") for d in tables)}
+    out = np.full(len(g), np.nan)
+    if len(g) == 0 or not parsed:
+        return out
+    for i, (r, ideal) in enumerate(zip(g.to_dict("records"), _table_x(kind, g))):
+        op = make_op(kind, r)
+        t = parsed.get(op.table_key())
+        if t is not None:
+            out[i] = math.exp(t.log_factor(op.table_coords(float(ideal))))
+    return out
