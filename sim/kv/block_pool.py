@@ -22,11 +22,14 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.block_size_tokens = block_size_tokens
         self.prefix_caching = prefix_caching
-        self.ref_count = [0] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        # Without prefix caching no block is ever looked up by key, so a LIFO stack serves
-        # (same counts, different ids; several times faster than the LRU dict).
+        # Without prefix caching no block is ever shared or looked up by key, so a LIFO stack
+        # of free ids serves (same counts, different ids) and reference counts are implied
+        # (1 for a block off the stack, 0 on it): allocate and free are list slices, with no
+        # per-block Python work. ``check`` verifies the stack holds no block twice.
         self._stack: list[int] | None = None if prefix_caching else list(range(num_blocks - 1, -1, -1))
+        self._ref: list[int] | None = [0] * num_blocks if prefix_caching else None
+        self._free: OrderedDict[int, None] = OrderedDict(
+            (i, None) for i in range(num_blocks)) if prefix_caching else OrderedDict()
         self._key_of: dict[int, Hashable] = {}
         self._block_of_key: dict[Hashable, int] = {}
 
@@ -34,6 +37,16 @@ class BlockPool:
     @property
     def num_free(self) -> int:
         return len(self._free) if self._stack is None else len(self._stack)
+
+    @property
+    def ref_count(self) -> list[int]:
+        """Reference count of every block (implied by the free stack without prefix caching)."""
+        if self._ref is not None:
+            return self._ref
+        ref = [1] * self.num_blocks
+        for b in self._stack:
+            ref[b] = 0
+        return ref
 
     @property
     def num_used(self) -> int:
@@ -53,15 +66,14 @@ class BlockPool:
             raise MemoryError(f"need {n} blocks, {self.num_free} free")
         stack = self._stack
         if stack is not None:
-            out = stack[-n:] if n else []
-            del stack[len(stack) - n:]
+            if not n:
+                return []
+            out = stack[-n:]
+            del stack[-n:]
             out.reverse()
-            ref = self.ref_count
-            for b in out:
-                ref[b] = 1
             return out
         out = []
-        free, ref = self._free, self.ref_count
+        free, ref = self._free, self._ref
         for _ in range(n):
             b, _ = free.popitem(last=False)
             key = self._key_of.pop(b, None)
@@ -73,24 +85,22 @@ class BlockPool:
 
     def allocate_one(self) -> int:
         if self._stack is not None:
-            b = self._stack.pop()
-            self.ref_count[b] = 1
-            return b
+            return self._stack.pop()
         b, _ = self._free.popitem(last=False)
         if self._key_of:
             key = self._key_of.pop(b, None)
             if key is not None:
                 del self._block_of_key[key]
-        self.ref_count[b] = 1
+        self._ref[b] = 1
         return b
 
     def touch(self, block: int) -> None:
         """Take one more reference to ``block`` (a prefix-cache hit)."""
         if self._stack is not None:
             raise RuntimeError("touch() needs a pool built with prefix_caching=True")
-        if self.ref_count[block] == 0:
+        if self._ref[block] == 0:
             del self._free[block]
-        self.ref_count[block] += 1
+        self._ref[block] += 1
 
     def set_key(self, block: int, key: Hashable) -> None:
         """Mark a full, in-use block as holding prefix ``key`` (first writer wins)."""
@@ -105,16 +115,15 @@ class BlockPool:
         Blocks are released in reverse order so that a request's tail blocks (least likely
         to be shared) are evicted first, as vLLM does.
         """
-        ref, free = self.ref_count, self._free
         stack = self._stack
         if stack is not None:
-            blocks = list(blocks)
-            for b in blocks:
-                if ref[b] != 1:
-                    raise ValueError(f"block {b} freed more often than allocated")
-                ref[b] = 0
+            n = len(stack)
             stack.extend(blocks)
+            if len(stack) > self.num_blocks:  # cheap guard; check() finds any duplicate
+                del stack[n:]
+                raise ValueError("blocks freed more often than allocated")
             return
+        ref, free = self._ref, self._free
         for b in reversed(list(blocks)):
             c = ref[b] - 1
             if c < 0:
@@ -127,9 +136,10 @@ class BlockPool:
         """Invariants (tests): free list == blocks with ref 0; keys are a bijection."""
         zero = {b for b, c in enumerate(self.ref_count) if c == 0}
         free = set(self._free) if self._stack is None else set(self._stack)
-        assert zero == free, "free list differs from zero-ref blocks"
         if self._stack is not None:
             assert len(free) == len(self._stack), "a block is on the free stack twice"
+            assert all(0 <= b < self.num_blocks for b in free), "unknown block on the free stack"
+        assert zero == free, "free list differs from zero-ref blocks"
         assert all(c >= 0 for c in self.ref_count)
         assert all(self._block_of_key[k] == b for b, k in self._key_of.items())
         assert len(self._key_of) == len(self._block_of_key)
