@@ -99,3 +99,57 @@ def test_step_model_prices_ops_exactly_as_op_time(tokens, hw_name, backend):
     for op in (Gemm(tokens, 6144, 4096), Gemm(tokens, 4000, 4000), Elementwise("rmsnorm", tokens, 4096),
                Elementwise("silu_mul", tokens, 14336), Elementwise("add", tokens, 1234)):
         assert c._op_s(op) == op_time(hw, op, backend)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20000), st.sampled_from(["h100_sxm", "h200_sxm", "a100_80gb_sxm"]),
+       st.sampled_from(["vendor", "triton"]))
+def test_family_functions_price_ops_exactly_as_op_time(tokens, hw_name, backend):
+    """The hoisted per-family functions the step model sums give op_time's seconds bit for bit."""
+    hw = load_hardware(hw_name)
+    if backend not in hw.efficiency:
+        return
+    c = RooflineCost(M8, hw, backend=backend)
+    for op in (Gemm(tokens, 6144, 4096), Gemm(tokens, 4096, 14336), Gemm(tokens, 4000, 4000),
+               Elementwise("rmsnorm", tokens, 4096), Elementwise("silu_mul", tokens, 14336),
+               Elementwise("rotary", tokens, 6144), Elementwise("add", tokens, 1234)):
+        assert c._family_fn(op)(tokens) == op_time(hw, op, backend)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 8192), st.integers(0, 30000)), min_size=1, max_size=6),
+       st.sampled_from(["h100_sxm", "h200_sxm", "l40s"]), st.sampled_from(["vendor", "triton"]))
+def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, backend):
+    """The step's prefill attention equals affine_roofline_s over the chunks' summed AttnPrefill
+    FLOPs and bytes, with the family key and serial chain of the longest chunk (bit for bit)."""
+    from sim.cost.ops import AttnPrefill, affine_roofline_s, prefill_chain_flops
+    from sim.cost.roofline import _Family
+    hw = load_hardware(hw_name)
+    if backend not in hw.efficiency:
+        return
+    c = RooflineCost(M8, hw, backend=backend)
+    m = M8
+    ops = [AttnPrefill(1, new, prior + new, m.num_heads, m.num_kv_heads, m.head_dim, c.dtype) for new, prior in chunks]
+    flops = bytes_ = 0.0
+    for op in ops:
+        flops += op.flops()
+        bytes_ += op.bytes()
+    fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), c.dtype),
+                  prefill_chain_flops(m.head_dim, max(o.seq_kv for o in ops)))
+    ref = m.num_layers * affine_roofline_s(hw, "attn_prefill", flops, bytes_, c.dtype, backend, fam)[0]
+    assert c._attn_prefill(chunks) == ref
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 512), st.integers(1, 32768), st.sampled_from(["h100_sxm", "h200_sxm", "a100_80gb_sxm", "t4"]),
+       st.sampled_from(["vendor", "triton"]))
+def test_decode_attention_is_op_time_of_mean_context(num, context, hw_name, backend):
+    """The step model's (inlined) decode attention of ``num`` requests with ``context`` tokens
+    each is op_time of that AttnDecode on every layer (to rounding: the sums differ in order)."""
+    hw = load_hardware(hw_name)
+    if backend not in hw.efficiency:
+        return
+    c = RooflineCost(M8, hw, backend=backend)
+    m = M8
+    ref = m.num_layers * op_time(hw, AttnDecode(num, context, m.num_heads, m.num_kv_heads, m.head_dim, c.dtype), backend)
+    assert c._attn_decode(num, num * context) == pytest.approx(ref, rel=1e-9)

@@ -17,9 +17,10 @@ import bisect
 import math
 
 from sim.cost.base import BatchShape, StepTime, cost_models
-from sim.cost.ops import AttnPrefill, Elementwise, Gemm, affine_roofline_s, prefill_chain_flops
+from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, Elementwise, Gemm, chain_ns,
+                          prefill_chain_flops)
 from sim.hardware import TABLE_BASE, HardwareProfile
-from sim.model_spec import ModelSpec
+from sim.model_spec import DTYPE_BYTES, ModelSpec
 
 _CACHE_LIMIT = 65536
 
@@ -79,6 +80,12 @@ class RooflineCost:
         self._peak = hardware.peak_flops(self.dtype)
         self._bw = hardware.memory_bandwidth_bytes_per_s
         self._kv_bytes_tok_layer = m.kv_bytes_per_token_per_layer
+        self._tok_fns = self._token_fns()
+        b = DTYPE_BYTES[self.dtype]
+        # per chunk: FLOPs per attended pair, bytes per new token (q, o), bytes per key (k, v)
+        self._pf_consts = (4.0 * m.num_heads * m.head_dim, 2 * 1 * m.num_heads * m.head_dim * b,
+                           2 * 1 * m.num_kv_heads * m.head_dim * b)
+        self._pf_fns = (self._prefill_fn(0), self._prefill_fn(1))
         self._q_o_bytes_per_req = 2 * m.q_size * 2
 
     # -- parts -------------------------------------------------------------------------
@@ -110,22 +117,66 @@ class RooflineCost:
             self._dense_cache[key] = out
         return out
 
+    def _family_fn(self, op):
+        """Seconds of one launch of ``op``'s shape family (a GEMM's (n, k), an elementwise op at
+        one width) as a function of its token count: ``_op_s`` with the family's constants and
+        table lookup hoisted; the same arithmetic, so the same seconds (tested)."""
+        eff, tabs = self._fast[op.kind]
+        peak, bw, launch = self._peak, self._bw, eff.launch_s
+        ff, fb, pc, pbw = eff.fixed_flops, eff.fixed_bytes, self._peak * eff.compute_frac, self._bw * eff.bandwidth_frac
+        tab = tabs.get(op.table_key()) if tabs else None
+        row = None
+        if tab is not None and len(tab.rows) == 1:
+            row = tab._row
+        corr, log2, exp = eff.correction, math.log2, math.exp
+        b = DTYPE_BYTES[op.dtype]
+        if op.kind == "gemm":
+            n, k, out_b = op.n, op.k, (2 if b < 2 else b)
+
+            def work(m):
+                return 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b
+        else:
+            r, w, fl = _ELEMENTWISE[op.op]
+            hidden, extra = op.hidden, (op.hidden * b if op.op == "rmsnorm" else 0)
+
+            def work(m):
+                return float(fl * m * hidden), (r + w) * m * hidden * b + extra
+
+        def f(m: int) -> float:
+            flops, bytes_ = work(m)
+            t_c = (flops + ff) / pc if flops > 0 else 0.0
+            t_m = (bytes_ + fb) / pbw
+            t = t_c if t_c > t_m else t_m
+            if tab is not None:
+                lf = row(0, log2(m)) if row is not None else tab.log_factor((log2(m),))
+                return (t + launch) * exp(lf)
+            a, c = flops / peak, bytes_ / bw
+            return t * corr((a if a > c else c) * 1e9) + launch
+        return f
+
+    def _token_fns(self):
+        """Per-layer GEMM and elementwise family functions, and the once-per-step ones."""
+        m, dt = self.model, self.dtype
+        gemms = [self._family_fn(Gemm(1, n, k, dt)) for k, n in self._layer_gemms]
+        norm = self._family_fn(Elementwise("rmsnorm", 1, m.hidden_size, dt))
+        ew = [norm, norm, self._family_fn(Elementwise("rotary", 1, m.q_size + m.kv_size, dt)),
+              self._family_fn(Elementwise("silu_mul", 1, m.intermediate_size, dt))]
+        add = self._family_fn(Elementwise("add", 1, m.hidden_size, dt))
+        ew += [add, add]
+        once = [self._family_fn(Elementwise("copy", 1, m.hidden_size, dt)), norm]  # embedding gather, final norm
+        return gemms, ew, once
+
     def _per_token_part(self, tokens: int) -> tuple[float, float]:
         """Layer GEMMs and elementwise ops over ``tokens`` tokens, embedding and final norm."""
         hit = self._token_cache.get(tokens)
         if hit is not None:
             return hit
-        m, dt, op = self.model, self.dtype, self._op_s
-        L = m.num_layers
-        gemm = sum(L * op(Gemm(tokens, n, k, dt)) for k, n in self._layer_gemms)
-        ew = [Elementwise("rmsnorm", tokens, m.hidden_size, dt)] * 2 + [
-            Elementwise("rotary", tokens, m.q_size + m.kv_size, dt),
-            Elementwise("silu_mul", tokens, m.intermediate_size, dt)] + [
-            Elementwise("add", tokens, m.hidden_size, dt)] * 2
-        other = L * sum(op(e) for e in ew)
-        for e in (Elementwise("copy", tokens, m.hidden_size, dt),      # embedding gather
-                  Elementwise("rmsnorm", tokens, m.hidden_size, dt)):  # final norm
-            other += op(e)
+        gemms, ew, once = self._tok_fns
+        L = self.model.num_layers
+        gemm = sum(L * f(tokens) for f in gemms)
+        other = L * sum(f(tokens) for f in ew)
+        for f in once:
+            other += f(tokens)
         out = (gemm, other)
         if len(self._token_cache) < _CACHE_LIMIT:
             self._token_cache[tokens] = out
@@ -144,20 +195,56 @@ class RooflineCost:
         return out
 
     def _attn_prefill(self, chunks: list[tuple[int, int]]) -> float:
-        """All prefill chunks of a step as one varlen launch (as flash-attention varlen runs them)."""
-        m = self.model
+        """All prefill chunks of a step as one varlen launch (as flash-attention varlen runs them):
+        the summed FLOPs and bytes of each chunk's AttnPrefill(1, new, prior + new), priced by
+        ``affine_roofline_s`` with the chunk family's table, its constants hoisted (same seconds)."""
+        c4, qo, kvb = self._pf_consts
         flops = bytes_ = 0.0
         longest = 0
+        chunked = 0
         for new, prior in chunks:
-            if prior + new > longest:
-                longest = prior + new
-            op = AttnPrefill(1, new, prior + new, m.num_heads, m.num_kv_heads, m.head_dim, self.dtype)
-            flops += op.flops()
-            bytes_ += op.bytes()
-        fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), self.dtype),
-                      prefill_chain_flops(m.head_dim, longest))
-        return m.num_layers * affine_roofline_s(self.hw, "attn_prefill", flops, bytes_, self.dtype, self.backend,
-                                                fam)[0]
+            seq_kv = prior + new
+            if seq_kv > longest:
+                longest = seq_kv
+            if prior:
+                chunked = 1
+            flops += c4 * (1 * (new * prior + new * (new + 1) / 2.0))
+            bytes_ += qo * new + kvb * seq_kv
+        return self._pf_fns[chunked](flops, bytes_, longest)
+
+    def _prefill_fn(self, chunked: int):
+        """``affine_roofline_s(hw, "attn_prefill", flops, bytes_, dtype, backend, family)`` for the
+        model's head configuration (``chunked``: some chunk has a prior context), all layers,
+        with the profile lookups hoisted."""
+        m, hw = self.model, self.hw
+        eff = hw.op_efficiency("attn_prefill", self.backend)
+        peak, bw, num_sms, L = self._peak, self._bw, hw.num_sms, m.num_layers
+        ff, fb, launch, cfrac = eff.fixed_flops, eff.fixed_bytes, eff.launch_s, eff.compute_frac
+        pc, pbw = peak * eff.compute_frac, bw * eff.bandwidth_frac
+        tab = None
+        if eff.tables:
+            tab = eff._tables.get((m.num_heads, m.num_kv_heads, m.head_dim, chunked, self.dtype))
+        chain_roof = self.backend in CHAIN_ROOF_BACKENDS
+        corr, log2, exp, hd = eff.correction, math.log2, math.exp, m.head_dim
+
+        def g(flops: float, bytes_: float, longest: int) -> float:
+            t_c = (flops + ff) / pc if flops > 0 else 0.0
+            t_m = (bytes_ + fb) / pbw
+            a, c = flops / peak, bytes_ / bw
+            ideal_ns = (a if a > c else c) * 1e9
+            t = t_c if t_c > t_m else t_m
+            if tab is None:
+                return L * (t * corr(ideal_ns) + launch)
+            x_ns, tb = ideal_ns, t
+            c_ns = chain_ns(prefill_chain_flops(hd, longest), peak, num_sms)
+            if c_ns > x_ns:
+                x_ns = c_ns
+            if chain_roof:
+                tc = c_ns * 1e-9 / cfrac
+                if tc > tb:
+                    tb = tc
+            return L * ((tb * corr(ideal_ns) + launch) * exp(tab.log_factor((log2(x_ns),))))
+        return g
 
     def _attn_decode(self, num: int, context_sum: int) -> float:
         """Decode attention of ``num`` requests over ``context_sum`` cached tokens, all layers."""
@@ -169,44 +256,42 @@ class RooflineCost:
     def _decode_fn(self, num: int):
         """Decode attention seconds as a function of the context sum, for ``num`` requests:
         the affine roofline, its correction and (if the profile has one) the measured table of
-        this head configuration, with every constant of ``num`` hoisted. Stepping and
-        fast-forwarding both call it, so they agree bit for bit."""
+        this head configuration, with every constant of ``num`` hoisted and the piecewise-linear
+        lookups inlined (the hottest function of a simulation: once per decode step). Stepping
+        and fast-forwarding both call it, so they agree bit for bit; it equals ``op_time`` of
+        the mean-context AttnDecode to rounding (tested)."""
         m, eff = self.model, self._dec_eff
         fc = 4.0 * m.num_heads * m.head_dim
         kvb, qo = self._kv_bytes_tok_layer, num * self._q_o_bytes_per_req
         ff, fb, launch, L = eff.fixed_flops, eff.fixed_bytes, eff.launch_s, m.num_layers
         pc, pbw = self._peak * eff.compute_frac, self._bw * eff.bandwidth_frac
         peak, bw = self._peak, self._bw
-        corr = eff.correction if eff.corr_log2_x else None
+        cx, cy = eff.corr_log2_x, eff.corr_factor
+        has_corr = bool(cx)
+        if has_corr:
+            cx0, cx1, cy0, cy1 = cx[0], cx[-1], cy[0], cy[-1]
         tab = self._dec_table
+        i0 = i1 = 0
+        w = 0.0
+        general_row = None
+        xs0 = ys0 = xs1 = ys1 = ()
         if tab is not None:
             rc = tab._row_coords
             r = math.log2(num)
             if len(rc) == 1 or r <= rc[0]:
-                i0 = i1 = 0
-                w = 0.0
+                pass
             elif r >= rc[-1]:
                 i0 = i1 = len(rc) - 1
-                w = 0.0
             else:
                 i1 = bisect.bisect_right(rc, r)
                 i0 = i1 - 1
                 w = (r - rc[i0]) / (rc[i1] - rc[i0])
             if tab.breaks:
-                row = tab._row
-            else:  # no class breaks (decode tables): _interp_class on the two rows, inlined
+                general_row = tab._row
+            else:  # no class breaks (decode tables): _interp_class on the two rows, inlined below
                 (_, xs0, ys0), (_, xs1, ys1) = tab.rows[i0], tab.rows[i1]
-                bis = bisect.bisect_right
-
-                def row(i: int, x: float, xs0=xs0, ys0=ys0, xs1=xs1, ys1=ys1) -> float:
-                    xs, ys = (xs0, ys0) if i == i0 else (xs1, ys1)
-                    if x <= xs[0]:
-                        return ys[0]
-                    if x >= xs[-1]:
-                        return ys[-1]
-                    j = bis(xs, x)
-                    return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
-        log2, exp = math.log2, math.exp
+        two_rows = i1 != i0
+        log2, exp, bis = math.log2, math.exp, bisect.bisect_right
 
         def f(context_sum: int) -> float:
             flops = fc * context_sum
@@ -214,14 +299,46 @@ class RooflineCost:
             t_c = (flops + ff) / pc
             t_m = (bytes_ + fb) / pbw
             t = t_c if t_c > t_m else t_m
-            if corr is not None:
+            if has_corr:  # OpEfficiency.correction, inlined
                 a, b = flops / peak, bytes_ / bw
-                t = t * corr((a if a > b else b) * 1e9)
+                x = (a if a > b else b) * 1e9
+                if x > 0:
+                    lx = log2(x)
+                    if lx <= cx0:
+                        t = t * cy0
+                    elif lx >= cx1:
+                        t = t * cy1
+                    else:
+                        j = bis(cx, lx)
+                        t = t * (cy[j - 1] + (cy[j] - cy[j - 1]) * (lx - cx[j - 1]) / (cx[j] - cx[j - 1]))
+                else:
+                    t = t * 1.0
             t = t + launch
             if tab is not None and context_sum > 0:
                 x = log2(context_sum / num)
-                y0 = row(i0, x)
-                t *= exp(y0 if i1 == i0 else y0 + (row(i1, x) - y0) * w)
+                if general_row is not None:
+                    y0 = general_row(i0, x)
+                    y = y0 + (general_row(i1, x) - y0) * w if two_rows else y0
+                else:  # _interp_class(xs0, ys0, x) and (xs1, ys1, x), inlined
+                    if x <= xs0[0]:
+                        y0 = ys0[0]
+                    elif x >= xs0[-1]:
+                        y0 = ys0[-1]
+                    else:
+                        j = bis(xs0, x)
+                        y0 = ys0[j - 1] + (ys0[j] - ys0[j - 1]) * (x - xs0[j - 1]) / (xs0[j] - xs0[j - 1])
+                    if two_rows:
+                        if x <= xs1[0]:
+                            y1 = ys1[0]
+                        elif x >= xs1[-1]:
+                            y1 = ys1[-1]
+                        else:
+                            j = bis(xs1, x)
+                            y1 = ys1[j - 1] + (ys1[j] - ys1[j - 1]) * (x - xs1[j - 1]) / (xs1[j] - xs1[j - 1])
+                        y = y0 + (y1 - y0) * w
+                    else:
+                        y = y0
+                t *= exp(y)
             return L * t
         return f
 
