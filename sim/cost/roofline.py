@@ -342,17 +342,20 @@ class RooflineCost:
             return L * t
         return f
 
-    def decode_run(self, n: int, context_sum: int, k: int) -> tuple[list[float], StepTime]:
-        """Attention seconds of k pure-decode steps (context grows by n per step) + the fixed parts.
-
-        The same function as ``step_time`` step by step (``_decode_fn``), for fast-forwarding.
-        """
+    def decode_step_fn(self, n: int):
+        """(attention seconds as a function of the context sum, the fixed parts as a StepTime)
+        of a pure-decode step of ``n`` requests: what ``step_time`` prices, for fast-forwarding
+        (the engine prices a run's steps one by one and stops at the next arrival)."""
         gemm, other = self._dense(n, n)
         f = self._dec_fns.get(n)
         if f is None:
             f = self._dec_fns[n] = self._decode_fn(n)
-        attn = [f(context_sum + i * n) for i in range(k)]
-        return attn, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
+        return f, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
+
+    def decode_run(self, n: int, context_sum: int, k: int) -> tuple[list[float], StepTime]:
+        """Attention seconds of k pure-decode steps (context grows by n per step) + the fixed parts."""
+        f, fixed = self.decode_step_fn(n)
+        return [f(context_sum + i * n) for i in range(k)], fixed
 
     # -- interface ---------------------------------------------------------------------
     def step_time(self, shape: BatchShape) -> StepTime:

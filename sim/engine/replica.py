@@ -62,7 +62,7 @@ class Replica:
         self.horizon_s = float("inf")  # no external submit() happens before this time (set by the source)
         self.fast_forward = True
         self.max_run_steps = 4096
-        self._decode_run_cost = getattr(cost, "decode_run", None)
+        self._decode_step_fn = getattr(cost, "decode_step_fn", None)
         self.process = env.process(self._loop())
 
     # -- input -----------------------------------------------------------------------------
@@ -96,21 +96,34 @@ class Replica:
         env, sched = self.env, self.scheduler
         n = sched.num_decoding
         ctx0 = sched.decode_computed_sum + n
-        if self._decode_run_cost is not None:
-            attn, fixed = self._decode_run_cost(n, ctx0, k)
+        horizon = self.horizon_s
+        if self._decode_step_fn is not None:
+            f, fixed = self._decode_step_fn(n)
             g, o, h = fixed.gemm_s, fixed.other_s, fixed.host_s
-            totals = [g + a + o + h for a in attn]  # the order step_time() adds them in
+            starts, totals, attn = [], [], []
+            t, c = env.now, ctx0
+            for j in range(k):  # price step by step; stop at the first step starting at/after the horizon
+                if j and t >= horizon:
+                    break
+                a = f(c)
+                tot = g + a + o + h  # the order step_time() adds them in
+                starts.append(t)
+                totals.append(tot)
+                attn.append(a)
+                t = t + tot  # start times by sequential addition, as stepping's timeouts add them
+                c += n
+            k = len(starts)
+            end = t
         else:
             steps = [self.cost.step_time(BatchShape([], n, ctx0 + j * n, n)) for j in range(k)]
             totals = [st.total_s for st in steps]
             attn = [st.attn_s for st in steps]
             fixed = steps[0]
-        # start times by sequential addition, as stepping's timeouts would add them
-        ends = list(itertools.accumulate(totals, initial=env.now))
-        starts = ends[:-1]
-        k = max(1, bisect.bisect_left(starts, self.horizon_s))  # steps that start before the next arrival
-        del starts[k:], totals[k:], attn[k:]
-        end = ends[k]
+            ends = list(itertools.accumulate(totals, initial=env.now))
+            starts = ends[:-1]
+            k = max(1, bisect.bisect_left(starts, horizon))  # steps that start before the next arrival
+            del starts[k:], totals[k:], attn[k:]
+            end = ends[k]
         used = sched.decode_run_allocate(k)
         self.recorder.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
                                  len(sched.running), len(sched.waiting), used)
