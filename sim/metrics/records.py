@@ -26,6 +26,9 @@ ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_pr
                      "num_decode", "decode_context_sum", "num_running", "num_waiting", "kv_used_blocks",
                      "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s",
                      "swap_bytes", "swap_s", "num_itl_tokens"]
+_INT_COLUMNS = frozenset(c for c in ITERATION_COLUMNS if c.startswith("num_") or c in
+                         ("replica", "decode_context_sum", "kv_used_blocks"))
+_INT64, _FLOAT64 = np.int64, np.float64
 
 
 class Recorder:
@@ -85,15 +88,6 @@ class Recorder:
         c["comm_s"].extend([fixed.comm_s] * k)
         c["host_s"].extend([fixed.host_s] * k)
 
-    def _run_frame(self) -> pd.DataFrame | None:
-        c = self._run_cols
-        k = len(c["start_s"])
-        if not k:
-            return None
-        zeros = np.zeros(k, np.int64)
-        data = {col: (c[col] if col in c else zeros) for col in ITERATION_COLUMNS}
-        return pd.DataFrame(data, columns=ITERATION_COLUMNS)
-
     def requests_frame(self) -> pd.DataFrame:
         df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
         df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
@@ -108,13 +102,21 @@ class Recorder:
         return df
 
     def iterations_frame(self) -> pd.DataFrame:
-        df = pd.DataFrame.from_records(self.iterations, columns=ITERATION_COLUMNS)
-        runs = self._run_frame()
-        if runs is not None:
-            df = pd.concat([df, runs], ignore_index=True) if len(df) else runs
-            df = df.sort_values(["replica", "start_s"], kind="stable").reset_index(drop=True)
-        df = df.astype({c: "int64" for c in ITERATION_COLUMNS if c.startswith("num_") or c in
-                        ("replica", "decode_context_sum", "kv_used_blocks")})
-        df = df.astype({"swap_bytes": "float64", "swap_s": "float64"})
+        """Stepped rows and fast-forwarded runs, column by column into numpy arrays, in
+        (replica, start) order (a stable sort: stepped rows first on a tie)."""
+        rows, runs = self.iterations, self._run_cols
+        k = len(runs["start_s"])
+        step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
+        data = {}
+        for i, c in enumerate(ITERATION_COLUMNS):
+            dt = _INT64 if c in _INT_COLUMNS else _FLOAT64
+            a = np.array(step_cols[i], dtype=dt)
+            if k:
+                a = np.concatenate([a, np.array(runs[c], dtype=dt) if c in runs else np.zeros(k, dt)])
+            data[c] = a
+        if k:
+            order = np.lexsort((data["start_s"], data["replica"]))
+            data = {c: v[order] for c, v in data.items()}
+        df = pd.DataFrame(data, columns=ITERATION_COLUMNS)
         df["kv_usage_frac"] = df["kv_used_blocks"] / self.kv_blocks_total
         return df
