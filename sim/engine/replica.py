@@ -14,9 +14,7 @@ scheduling), streaming detokenization.
 """
 from __future__ import annotations
 
-import bisect
 import heapq
-import itertools
 from typing import Callable
 
 import simpy
@@ -96,35 +94,17 @@ class Replica:
         env, sched = self.env, self.scheduler
         n = sched.num_decoding
         ctx0 = sched.decode_computed_sum + n
-        horizon = self.horizon_s
         if self._decode_step_fn is not None:
-            f, fixed = self._decode_step_fn(n)
-            g, o, h = fixed.gemm_s, fixed.other_s, fixed.host_s
-            starts, totals, attn = [], [], []
-            t, c = env.now, ctx0
-            for j in range(k):  # price step by step; stop at the first step starting at/after the horizon
-                if j and t >= horizon:
-                    break
-                a = f(c)
-                tot = g + a + o + h  # the order step_time() adds them in
-                starts.append(t)
-                totals.append(tot)
-                attn.append(a)
-                t = t + tot  # start times by sequential addition, as stepping's timeouts add them
-                c += n
-            k = len(starts)
-            end = t
-        else:
-            steps = [self.cost.step_time(BatchShape([], n, ctx0 + j * n, n)) for j in range(k)]
-            totals = [st.total_s for st in steps]
-            attn = [st.attn_s for st in steps]
-            fixed = steps[0]
-            ends = list(itertools.accumulate(totals, initial=env.now))
-            starts = ends[:-1]
-            k = max(1, bisect.bisect_left(starts, horizon))  # steps that start before the next arrival
-            del starts[k:], totals[k:], attn[k:]
-            end = ends[k]
-        used = sched.decode_run_allocate(k)
+            price, fixed = self._decode_step_fn(n)
+            parts = (fixed.gemm_s, fixed.other_s, fixed.host_s)
+        else:  # a cost model without one: each step's StepTime from step_time
+            cost = self.cost
+
+            def price(c: int, n=n) -> StepTime:
+                return cost.step_time(BatchShape([], n, c, n))
+            fixed, parts = price(ctx0), None
+        starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, env.now, self.horizon_s)
+        k = len(starts)
         self.recorder.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
                                  len(sched.running), len(sched.waiting), used)
         yield timeout_at(env, end)

@@ -366,12 +366,13 @@ class Scheduler:
         while heap and (heap[0][2].finish_step != heap[0][0] or heap[0][2].decode_bucket < 0):
             heapq.heappop(heap)
         k = min(limit, heap[0][0] - self.step) if heap else limit
-        free, cum, bs, buckets, s = self.kv.pool.num_free, 0, self.bs, self.buckets, self.step
-        for j in range(k):
-            c = len(buckets[(-(s + j)) % bs])
-            if cum + c > free:
-                return j
-            cum += c
+        # the blocks of the first two steps must fit; decode_run_plan checks the rest as it goes
+        free, bs, buckets, s = self.kv.pool.num_free, self.bs, self.buckets, self.step
+        c0 = len(buckets[(-s) % bs])
+        if c0 > free:
+            return 0
+        if k >= 2 and c0 + len(buckets[(-(s + 1)) % bs]) > free:
+            return 1
         return k
 
     def _head_blocked(self) -> bool:
@@ -389,22 +390,52 @@ class Scheduler:
         n = remaining if remaining <= budget else budget
         return self.kv.extra_blocks(r, r.num_computed + n) + self.watermark_blocks > self.kv.pool.num_free
 
-    def decode_run_allocate(self, k: int) -> list[int]:
-        """Allocate the blocks of a k-step decode run, in stepping order; used blocks after each step."""
+    def decode_run_plan(self, k: int, price, fixed_s: tuple[float, float, float], now: float, horizon: float):
+        """Plan up to ``k`` (from ``decode_run_length``) pure-decode steps starting at ``now``:
+        each step takes one block for every request crossing a block boundary, and the run
+        stops before a step whose blocks do not fit or that would start at or after
+        ``horizon`` (the next external arrival; the first step always runs). ``price(c)`` is
+        the attention seconds of a step with decode context sum ``c``, ``fixed_s`` the step's
+        other parts (gemm, other, host), added in ``step_time``'s order; with ``fixed_s`` None,
+        ``price(c)`` is the step's whole StepTime (cost models without a decode-step function).
+
+        Allocates the run's blocks in stepping order and returns (starts, totals, attn,
+        used blocks after each step, end time); ``decode_run_complete`` applies it.
+        """
         pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
+        n = self.num_decoding
+        g, o, h = fixed_s if fixed_s is not None else (0.0, 0.0, 0.0)
+        free, used0, cum = pool.num_free, pool.num_used, 0
+        c = self.decode_computed_sum + n
         order: list[Request] = []
-        used = []
-        used_now = pool.num_used
+        starts, totals, attn, used = [], [], [], []
+        t = now
         for j in range(k):
+            if j and t >= horizon:
+                break
             bucket = buckets[(-(s + j)) % bs]
             if bucket:
+                nb = len(bucket)
+                if cum + nb > free:
+                    break
+                cum += nb
                 order.extend(bucket.values())
-                used_now += len(bucket)
-            used.append(used_now)
+            if fixed_s is not None:
+                a = price(c)
+                tot = g + a + o + h
+            else:
+                st = price(c)
+                a, tot = st.attn_s, st.total_s
+            starts.append(t)
+            totals.append(tot)
+            attn.append(a)
+            used.append(used0 + cum)
+            t = t + tot  # start times by sequential addition, as stepping's timeouts add them
+            c += n
         if order:
             for r, b in zip(order, pool.allocate(len(order))):
                 r.blocks.append(b)
-        return used
+        return starts, totals, attn, used, t
 
     def decode_run_complete(self, k: int, now: float, on_finish) -> None:
         """Apply a k-step decode run ending at ``now`` (completions happen at its last step)."""
