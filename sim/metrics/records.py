@@ -29,6 +29,13 @@ ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_pr
 _INT_COLUMNS = frozenset(c for c in ITERATION_COLUMNS if c.startswith("num_") or c in
                          ("replica", "decode_context_sum", "kv_used_blocks"))
 _INT64, _FLOAT64 = np.int64, np.float64
+_RUN_STEP_COLUMNS = ("start_s", "step_s", "attn_s", "kv_used_blocks")
+_RUN_CONST = ("replica", "num_decode", "num_itl_tokens", "decode_context_sum", "num_running", "num_waiting",
+              "gemm_s", "other_s", "comm_s", "host_s")
+
+
+def _dtype(column: str):
+    return _INT64 if column in _INT_COLUMNS else _FLOAT64
 
 
 class Recorder:
@@ -39,10 +46,10 @@ class Recorder:
         self.requests: list[tuple] = []
         self.iterations: list[tuple] = []
         self.extra_itl_s: list[float] = []
-        # fast-forwarded decode runs, column-wise (prefill and preemption columns are zero)
-        self._run_cols: dict[str, list] = {c: [] for c in ITERATION_COLUMNS
-                                           if c not in ("num_prefill_reqs", "num_prefill_tokens", "num_preempted",
-                                                         "swap_bytes", "swap_s")}
+        # fast-forwarded decode runs: the per-step columns as flat lists, the columns constant
+        # within a run once per run (_RUN_CONST); prefill, preemption and swap columns are zero
+        self._run_steps: dict[str, list] = {c: [] for c in _RUN_STEP_COLUMNS}
+        self._runs: list[tuple] = []
         self.num_done = 0
         self.progress = None  # optional callable(num_done)
 
@@ -70,23 +77,31 @@ class Recorder:
     def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
                    fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
                    kv_used: list[int]) -> None:
-        """k pure-decode iterations at once (the same rows as k calls of ``iteration``)."""
-        k = len(starts)
-        c = self._run_cols
-        c["replica"].extend([replica] * k)
+        """k pure-decode iterations at once (the same rows as k calls of ``iteration``; the
+        decode context sum grows by n per step)."""
+        c = self._run_steps
         c["start_s"].extend(starts)
         c["step_s"].extend(totals)
-        c["num_decode"].extend([n] * k)
-        c["num_itl_tokens"].extend([n] * k)
-        c["decode_context_sum"].extend(range(context_sum, context_sum + n * k, n) if n else [context_sum] * k)
-        c["num_running"].extend([num_running] * k)
-        c["num_waiting"].extend([num_waiting] * k)
-        c["kv_used_blocks"].extend(kv_used)
-        c["gemm_s"].extend([fixed.gemm_s] * k)
         c["attn_s"].extend(attn)
-        c["other_s"].extend([fixed.other_s] * k)
-        c["comm_s"].extend([fixed.comm_s] * k)
-        c["host_s"].extend([fixed.host_s] * k)
+        c["kv_used_blocks"].extend(kv_used)
+        self._runs.append((len(starts), replica, n, n, context_sum, num_running, num_waiting,
+                           fixed.gemm_s, fixed.other_s, fixed.comm_s, fixed.host_s))
+
+    def _run_columns(self) -> dict[str, np.ndarray]:
+        """The fast-forwarded rows, column by column (constant columns repeated per run)."""
+        runs = self._runs
+        k = np.array([r[0] for r in runs], dtype=_INT64)
+        total = int(k.sum())
+        out = {c: np.array(v, dtype=_dtype(c)) for c, v in self._run_steps.items()}
+        for i, c in enumerate(_RUN_CONST, start=1):
+            out[c] = np.repeat(np.array([r[i] for r in runs], dtype=_dtype(c)), k)
+        # context sum of step j of a run: context_sum + j * n
+        first = np.repeat(np.cumsum(k) - k, k)
+        out["decode_context_sum"] = out["decode_context_sum"] + out["num_decode"] * (np.arange(total) - first)
+        for c in ITERATION_COLUMNS:
+            if c not in out:
+                out[c] = np.zeros(total, _dtype(c))
+        return out
 
     def requests_frame(self) -> pd.DataFrame:
         df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
@@ -104,17 +119,14 @@ class Recorder:
     def iterations_frame(self) -> pd.DataFrame:
         """Stepped rows and fast-forwarded runs, column by column into numpy arrays, in
         (replica, start) order (a stable sort: stepped rows first on a tie)."""
-        rows, runs = self.iterations, self._run_cols
-        k = len(runs["start_s"])
+        rows = self.iterations
         step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
+        runs = self._run_columns() if self._runs else None
         data = {}
         for i, c in enumerate(ITERATION_COLUMNS):
-            dt = _INT64 if c in _INT_COLUMNS else _FLOAT64
-            a = np.array(step_cols[i], dtype=dt)
-            if k:
-                a = np.concatenate([a, np.array(runs[c], dtype=dt) if c in runs else np.zeros(k, dt)])
-            data[c] = a
-        if k:
+            a = np.array(step_cols[i], dtype=_dtype(c))
+            data[c] = np.concatenate([a, runs[c]]) if runs is not None else a
+        if runs is not None:
             order = np.lexsort((data["start_s"], data["replica"]))
             data = {c: v[order] for c, v in data.items()}
         df = pd.DataFrame(data, columns=ITERATION_COLUMNS)
