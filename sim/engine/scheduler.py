@@ -409,11 +409,11 @@ class Scheduler:
         c = self.decode_computed_sum + n
         order: list[Request] = []
         starts, totals, attn, used = [], [], [], []
+        s_app, t_app, a_app, u_app = starts.append, totals.append, attn.append, used.append
+        rot = [buckets[(-(s + j)) % bs] for j in range(bs)]  # the bucket crossing a boundary at step j
         t = now
         for j in range(k):
-            if j and t >= horizon:
-                break
-            bucket = buckets[(-(s + j)) % bs]
+            bucket = rot[j % bs]
             if bucket:
                 nb = len(bucket)
                 if cum + nb > free:
@@ -426,12 +426,14 @@ class Scheduler:
             else:
                 st = price(c)
                 a, tot = st.attn_s, st.total_s
-            starts.append(t)
-            totals.append(tot)
-            attn.append(a)
-            used.append(used0 + cum)
+            s_app(t)
+            t_app(tot)
+            a_app(a)
+            u_app(used0 + cum)
             t = t + tot  # start times by sequential addition, as stepping's timeouts add them
             c += n
+            if t >= horizon:  # the next step would start at or after the next arrival
+                break
         if order:
             for r, b in zip(order, pool.allocate(len(order))):
                 r.blocks.append(b)
