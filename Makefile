@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)
-	$(PY) bench/bench_core.py
+	$(PY) bench/bench_core.py --repeat 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

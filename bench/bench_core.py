@@ -2,12 +2,13 @@
 
 Scenario (issue #2): llama-3.1-8b on h100_sxm, 20k requests, Poisson arrivals, ShareGPT
 prompt/output lengths from ../shared/traces (sampled as pairs). Run: `make bench` or
-`python bench/bench_core.py [--requests N] [--rate R]`. Prints one JSON line per rate.
+`python bench/bench_core.py [--requests N] [--rate R ...] [--repeat N]`. Prints one JSON line per rate.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -32,18 +33,24 @@ def config(n: int, rate: float, hardware: str = "h100_sxm") -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--rate", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument("--rate", type=float, nargs="+", default=[2.0, 4.0, 6.0])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per rate; the median wall time is reported (this machine is noisy)")
     ap.add_argument("--hardware", default="h100_sxm",
                     help="profile name or YAML path (compare profiles in one sitting: the machine is noisy)")
     args = ap.parse_args()
     for rate in args.rate:
         cfg = config(args.requests, rate, args.hardware)
-        t0 = time.perf_counter()
-        res = sim.run(cfg)
-        wall = time.perf_counter() - t0
+        walls = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            res = sim.run(cfg)
+            walls.append(time.perf_counter() - t0)
+        wall = statistics.median(walls)
         s = res.summary()
         print(json.dumps({"scenario": f"llama-3.1-8b/{args.hardware}/sharegpt", "lengths": "sharegpt" if SHAREGPT.exists() else "lognormal-fallback",
                           "rate_per_s": rate, "requests": args.requests, "wall_s": round(wall, 3),
+                          "runs": len(walls), "wall_s_min_max": [round(min(walls), 3), round(max(walls), 3)],
                           "sim_requests_per_wall_s": round(args.requests / wall, 1),
                           "iterations": s["num_iterations"],
                           "iterations_per_wall_s": round(s["num_iterations"] / wall, 1),
