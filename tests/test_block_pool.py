@@ -62,3 +62,22 @@ def test_manager_grows_by_block_boundaries():
     assert not kv.grow(r, 16 * 11 + 1)
     kv.release(r)
     assert r.blocks == [] and kv.pool.num_free == 11
+
+
+def test_stack_pool_finds_a_block_freed_twice():
+    """Without prefix caching reference counts are implied by the free stack: a block freed
+    while free is caught by check() (or at once, when the stack would overflow)."""
+    pool = BlockPool(4, 16, prefix_caching=False)
+    a = pool.allocate(2)
+    assert pool.ref_count == [1 if b in a else 0 for b in range(4)]
+    pool.free([a[0]])
+    pool.free([a[0]])  # freed twice while a[1] is still held: not caught at once...
+    with pytest.raises(AssertionError, match="twice"):
+        pool.check()  # ...but by the invariant check
+    pool = BlockPool(2, 16, prefix_caching=False)
+    b = pool.allocate(1)
+    pool.free(b)
+    with pytest.raises(ValueError):
+        pool.free(b + [b[0]])  # more free blocks than the pool has
+    assert pool.num_free == 2
+    pool.check()

@@ -1,4 +1,6 @@
 """Op counting, the affine roofline and the step model."""
+import functools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +13,16 @@ from sim.model_spec import load_model
 
 H100 = load_hardware("h100_sxm")
 M8 = load_model("llama-3.1-8b")
+
+
+@functools.lru_cache(maxsize=None)
+def _hw(name: str):
+    return load_hardware(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cost(hw_name: str, backend: str):
+    return RooflineCost(M8, _hw(hw_name), backend=backend)
 
 
 def test_op_counts_exact():
@@ -92,10 +104,10 @@ def test_profiles_load_and_reject_bad_efficiency():
 @given(st.integers(1, 20000), st.sampled_from(["h100_sxm", "h200_sxm", "a100_80gb_sxm"]),
        st.sampled_from(["vendor", "triton"]))
 def test_step_model_prices_ops_exactly_as_op_time(tokens, hw_name, backend):
-    hw = load_hardware(hw_name)
+    hw = _hw(hw_name)
     if backend not in hw.efficiency:
         return
-    c = RooflineCost(M8, hw, backend=backend)
+    c = _cost(hw_name, backend)
     for op in (Gemm(tokens, 6144, 4096), Gemm(tokens, 4000, 4000), Elementwise("rmsnorm", tokens, 4096),
                Elementwise("silu_mul", tokens, 14336), Elementwise("add", tokens, 1234)):
         assert c._op_s(op) == op_time(hw, op, backend)
@@ -106,10 +118,10 @@ def test_step_model_prices_ops_exactly_as_op_time(tokens, hw_name, backend):
        st.sampled_from(["vendor", "triton"]))
 def test_family_functions_price_ops_exactly_as_op_time(tokens, hw_name, backend):
     """The hoisted per-family functions the step model sums give op_time's seconds bit for bit."""
-    hw = load_hardware(hw_name)
+    hw = _hw(hw_name)
     if backend not in hw.efficiency:
         return
-    c = RooflineCost(M8, hw, backend=backend)
+    c = _cost(hw_name, backend)
     for op in (Gemm(tokens, 6144, 4096), Gemm(tokens, 4096, 14336), Gemm(tokens, 4000, 4000),
                Elementwise("rmsnorm", tokens, 4096), Elementwise("silu_mul", tokens, 14336),
                Elementwise("rotary", tokens, 6144), Elementwise("add", tokens, 1234)):
@@ -124,10 +136,10 @@ def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, 
     FLOPs and bytes, with the family key and serial chain of the longest chunk (bit for bit)."""
     from sim.cost.ops import AttnPrefill, affine_roofline_s, prefill_chain_flops
     from sim.cost.roofline import _Family
-    hw = load_hardware(hw_name)
+    hw = _hw(hw_name)
     if backend not in hw.efficiency:
         return
-    c = RooflineCost(M8, hw, backend=backend)
+    c = _cost(hw_name, backend)
     m = M8
     ops = [AttnPrefill(1, new, prior + new, m.num_heads, m.num_kv_heads, m.head_dim, c.dtype) for new, prior in chunks]
     flops = bytes_ = 0.0
@@ -146,10 +158,10 @@ def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, 
 def test_decode_attention_is_op_time_of_mean_context(num, context, hw_name, backend):
     """The step model's (inlined) decode attention of ``num`` requests with ``context`` tokens
     each is op_time of that AttnDecode on every layer (to rounding: the sums differ in order)."""
-    hw = load_hardware(hw_name)
+    hw = _hw(hw_name)
     if backend not in hw.efficiency:
         return
-    c = RooflineCost(M8, hw, backend=backend)
+    c = _cost(hw_name, backend)
     m = M8
     ref = m.num_layers * op_time(hw, AttnDecode(num, context, m.num_heads, m.num_kv_heads, m.head_dim, c.dtype), backend)
     assert c._attn_decode(num, num * context) == pytest.approx(ref, rel=1e-9)
