@@ -1,0 +1,117 @@
+"""Fast-forward of pure decode runs: the Scheduler's methods that plan a run of steady
+decode steps as one simpy event (split out of sim/engine/scheduler.py).
+
+Models: a run of steps with no prefill, admission, swap, padding or preemption, ending at
+most at one completion point; each step takes one block for every request crossing a block
+boundary and costs the decode price of its context sum. The result is the same as stepping
+(same step times added in the same order, same block ids, same records; tested).
+
+Ignores: nothing stepping models; runs that would need more than the free blocks stop
+before the step that does not fit.
+"""
+from __future__ import annotations
+
+import heapq
+
+from sim.engine.request import Request
+
+
+class FastForwardMixin:
+    """Methods of ``Scheduler`` (which provides the attributes they use)."""
+
+    def decode_run_length(self, limit: int) -> int:
+        """How many next steps are pure steady decode with nothing else able to happen.
+
+        Such a run has no prefill, no admission (queue empty, the sequence cap reached, or
+        the head blocked), no swapped request, no padded row, no decode stalled by a
+        prefill-only step, no preemption (the blocks it needs fit in the free pool) and at
+        most one completion point, its last step. The
+        caller bounds it further by the next external arrival.
+        """
+        if self.prefilling or not self.num_decoding or self.swapped or self.padding or self._stalled:
+            return 0
+        if self.waiting and len(self.running) < self.max_num_seqs and not self._head_blocked():
+            return 0
+        heap = self._finish_heap
+        while heap and (heap[0][2].finish_step != heap[0][0] or heap[0][2].decode_bucket < 0):
+            heapq.heappop(heap)
+        k = min(limit, heap[0][0] - self.step) if heap else limit
+        # the blocks of the first two steps must fit; decode_run_plan checks the rest as it goes
+        free, bs, buckets, s = self.kv.pool.num_free, self.bs, self.buckets, self.step
+        c0 = len(buckets[(-s) % bs])
+        if c0 > free:
+            return 0
+        if k >= 2 and c0 + len(buckets[(-(s + 1)) % bs]) > free:
+            return 1
+        return k
+
+    def _head_blocked(self) -> bool:
+        """The queue head cannot be admitted for lack of blocks (and free blocks only shrink
+        during a decode run, so it stays blocked until something finishes)."""
+        if self.policy.static:
+            return True  # a static batch is never refilled
+        r = self.waiting[0]
+        budget = self.max_num_batched_tokens - (0 if self.policy.prefill_first else self.num_decoding)
+        if budget <= 0:
+            return True
+        remaining = r.num_tokens - r.num_computed
+        if remaining > budget and not self.chunked:
+            return True
+        n = remaining if remaining <= budget else budget
+        return self.kv.extra_blocks(r, r.num_computed + n) + self.watermark_blocks > self.kv.pool.num_free
+
+    def decode_run_plan(self, k: int, price, fixed_s: tuple[float, float, float], now: float, horizon: float):
+        """Plan up to ``k`` (from ``decode_run_length``) pure-decode steps starting at ``now``:
+        each step takes one block for every request crossing a block boundary, and the run
+        stops before a step whose blocks do not fit or that would start at or after
+        ``horizon`` (the next external arrival; the first step always runs). ``price(c)`` is
+        the attention seconds of a step with decode context sum ``c``, ``fixed_s`` the step's
+        other parts (gemm, other, host), added in ``step_time``'s order; with ``fixed_s`` None,
+        ``price(c)`` is the step's whole StepTime (cost models without a decode-step function).
+
+        Allocates the run's blocks in stepping order and returns (starts, totals, attn,
+        used blocks after each step, end time); ``decode_run_complete`` applies it.
+        """
+        pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
+        n = self.num_decoding
+        g, o, h = fixed_s if fixed_s is not None else (0.0, 0.0, 0.0)
+        free, used0, cum = pool.num_free, pool.num_used, 0
+        c = self.decode_computed_sum + n
+        order: list[Request] = []
+        starts, totals, attn, used = [], [], [], []
+        s_app, t_app, a_app, u_app = starts.append, totals.append, attn.append, used.append
+        rot = [buckets[(-(s + j)) % bs] for j in range(bs)]  # the bucket crossing a boundary at step j
+        t = now
+        for j in range(k):
+            bucket = rot[j % bs]
+            if bucket:
+                nb = len(bucket)
+                if cum + nb > free:
+                    break
+                cum += nb
+                order.extend(bucket.values())
+            if fixed_s is not None:
+                a = price(c)
+                tot = g + a + o + h
+            else:
+                st = price(c)
+                a, tot = st.attn_s, st.total_s
+            s_app(t)
+            t_app(tot)
+            a_app(a)
+            u_app(used0 + cum)
+            t = t + tot  # start times by sequential addition, as stepping's timeouts add them
+            c += n
+            if t >= horizon:  # the next step would start at or after the next arrival
+                break
+        if order:
+            for r, b in zip(order, pool.allocate(len(order))):
+                r.blocks.append(b)
+        return starts, totals, attn, used, t
+
+    def decode_run_complete(self, k: int, now: float, on_finish) -> None:
+        """Apply a k-step decode run ending at ``now`` (completions happen at its last step)."""
+        self.step += k - 1
+        self.decode_computed_sum += self.num_decoding * (k - 1)
+        plan = self.plan_type()
+        self.complete(plan, now, on_finish)
