@@ -47,8 +47,13 @@ MODELS: list[ModelDims] = [
 # log-spaced M for the fit + a few odd "held-out" values the fit never sees
 GEMM_M_MAIN = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 GEMM_M_HELDOUT = [3, 24, 96, 384, 3000]
+# half-octave M values (1.5 x 2^k) between the main ones, except next to a held-out value (24,
+# 96, 384, 3000 ~ 3072): more points per Triton tile/wave segment and per cuBLAS kernel choice
+GEMM_M_EXTRA = [48, 192, 768, 1536, 6144, 12288]
 GEMM_M_QUICK = [1, 16, 128, 1024, 4096]
+GEMM_MAX_M = 16384
 LM_HEAD_MAX_M = 512
+DEFAULT_NUM_SMS = 132  # H100 SXM and H200; the runner passes the device's own count
 # M values where calibrate/kernels/gemm.py:_config changes tile class (the last M of each
 # class); the fit never interpolates a Triton GEMM's measured ratio across one of them
 TRITON_GEMM_M_BREAKS = {"bf16": (16, 64, 256), "fp8": (64, 256)}
@@ -90,48 +95,76 @@ def gemm_kn_pairs(models=None) -> list[tuple[str, int, int]]:
     return [(layer, k, n) for (k, n), layer in seen.items()]
 
 
-def gemm_grid(quick: bool = False) -> list[tuple[int, int, int]]:
-    """(M, N, K) shapes, sorted, unique."""
+def triton_gemm_waves(m: int, n: int, dtype: str, num_sms: int) -> int:
+    """Waves of CTAs the Triton GEMM launches for an (m, n) problem (its tile config by m)."""
+    for last_m, bm, bn in TRITON_GEMM_TILES[dtype]:
+        if m <= last_m:
+            return -(-(-(-m // bm) * -(-n // bn)) // num_sms)
+    raise AssertionError("unreachable")
+
+
+def gemm_break_ms(n: int, dtype: str, num_sms: int, max_m: int) -> set[int]:
+    """Both ends of every Triton tile-class/wave segment up to max_m: each break b and b + 1, so
+    that the fit interpolates inside a segment instead of extrapolating to its ends."""
     out = set()
-    pairs = gemm_kn_pairs(MODELS[:2] if quick else None)
-    ms = GEMM_M_QUICK if quick else sorted(GEMM_M_MAIN + GEMM_M_HELDOUT)
-    for layer, k, n in pairs:
-        for m in ms:
-            if layer == "lm_head" and m > LM_HEAD_MAX_M:
-                continue
-            out.add((m, n, k))
+    for b in triton_gemm_breaks(n, dtype, num_sms):
+        out |= {m for m in (b, b + 1) if m <= max_m}
+    return out
+
+
+def _gemm_shapes(ms: list[int], dtype: str, quick: bool, num_sms: int) -> list[tuple[int, int, int]]:
+    out = set()
+    for layer, k, n in gemm_kn_pairs(MODELS[:2] if quick else None):
+        max_m = LM_HEAD_MAX_M if layer == "lm_head" else GEMM_MAX_M
+        mm = set(ms) if quick else set(ms) | gemm_break_ms(n, dtype, num_sms, max_m)
+        out |= {(m, n, k) for m in mm if m <= max_m}
     return sorted(out)
 
 
-def gemm_fp8_grid(quick: bool = False) -> list[tuple[int, int, int]]:
-    """fp8 grid: same (K, N) pairs, M on the main log grid only (no held-out points)."""
+def gemm_grid(quick: bool = False, num_sms: int = DEFAULT_NUM_SMS) -> list[tuple[int, int, int]]:
+    """bf16 (M, N, K) shapes, sorted, unique: main + held-out + half-octave M on every model's
+    (K, N), plus both ends of each Triton tile/wave segment (which depend on ``num_sms``)."""
+    ms = GEMM_M_QUICK if quick else sorted(GEMM_M_MAIN + GEMM_M_HELDOUT + GEMM_M_EXTRA)
+    return _gemm_shapes(ms, "bf16", quick, num_sms)
+
+
+def gemm_fp8_grid(quick: bool = False, num_sms: int = DEFAULT_NUM_SMS) -> list[tuple[int, int, int]]:
+    """fp8 grid: same (K, N) pairs, main + half-octave M and the fp8 kernel's segment ends (no
+    grid-marked held-out M)."""
     if quick:
         return gemm_grid(True)
-    ms = GEMM_M_MAIN
-    out = set()
-    for layer, k, n in gemm_kn_pairs():
-        for m in ms:
-            if layer == "lm_head" and m > LM_HEAD_MAX_M:
-                continue
-            out.add((m, n, k))
-    return sorted(out)
+    return _gemm_shapes(sorted(GEMM_M_MAIN + GEMM_M_EXTRA), "fp8", quick, num_sms)
 
 
 # attention head configs (heads, kv_heads, head_dim)
 HEAD_CONFIGS = [(32, 8, 128), (64, 8, 128), (28, 4, 128), (14, 2, 64)]
 
-# prefill: (batch, seq_q, seq_kv); seq_kv = total context incl. the new tokens
+# prefill: (batch, seq_q, seq_kv); seq_kv = total context incl. the new tokens.  Lengths on a
+# half-octave grid for batch 1, octaves for batches of several prompts, and chunked prefill
+# (seq_q < seq_kv) over chunk x context pairs; (2, 3000, 3000) and (1, 1000, 6000) are held out.
+PREFILL_HELDOUT = [(2, 3000, 3000), (1, 1000, 6000)]
 PREFILL_SHAPES = (
-    [(1, s, s) for s in [128, 512, 1024, 2048, 4096, 8192, 16384, 32768]]
-    + [(4, 128, 128), (16, 128, 128), (8, 256, 256), (8, 512, 512), (4, 1024, 1024),
-       (2, 2048, 2048), (4, 2048, 2048), (2, 3000, 3000)]            # last one held out
-    + [(1, 512, 4096), (1, 2048, 8192), (1, 512, 16384), (1, 2048, 32768),  # chunked prefill
-       (4, 512, 2048), (1, 1000, 6000)]
+    [(1, s, s) for s in [128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
+                         12288, 16384, 24576, 32768]]
+    + [(2, s, s) for s in [256, 512, 1024, 2048, 4096]]
+    + [(4, s, s) for s in [128, 256, 512, 1024, 2048]]
+    + [(8, s, s) for s in [128, 256, 512, 1024]]
+    + [(16, s, s) for s in [128, 256]]
+    + [(1, q, kv) for q, kvs in [(256, [1024, 4096, 16384]), (512, [2048, 4096, 8192, 16384, 32768]),
+                                 (1024, [2048, 4096, 8192, 16384, 32768]),
+                                 (2048, [4096, 8192, 16384, 32768]), (4096, [8192, 16384, 32768])]
+       for kv in kvs]
+    + [(2, 512, 4096), (4, 512, 2048), (4, 256, 1024), (8, 256, 1024)]
+    + PREFILL_HELDOUT
 )
 PREFILL_SHAPES_QUICK = [(1, 512, 512), (1, 4096, 4096), (4, 256, 256), (1, 512, 2048)]
 
+# decode: batches on a half-octave grid (1.5 x 2^k between the powers of two) x contexts on
+# octaves, plus power-of-two batches x half-octave contexts, plus the held-out shapes
 DECODE_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+DECODE_BATCHES_HALF = [3, 6, 12, 24, 48, 96, 192, 384]
 DECODE_CONTEXTS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+DECODE_CONTEXTS_HALF = [192, 384, 768, 1536, 3072, 6144, 12288, 24576]
 DECODE_HELDOUT = [(3, 3000), (24, 700), (96, 1500), (200, 5000)]
 
 
@@ -147,7 +180,8 @@ def decode_grid(quick: bool = False) -> list[tuple[int, int, int, int, int]]:
         if quick:
             pts = [(1, 1024), (8, 4096), (64, 2048), (256, 512)]
         else:
-            pts = [(b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS] + DECODE_HELDOUT
+            pts = sorted({(b, c) for b in DECODE_BATCHES + DECODE_BATCHES_HALF for c in DECODE_CONTEXTS}
+                         | {(b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS_HALF}) + DECODE_HELDOUT
         for b, c in pts:
             if decode_kv_bytes(b, c, kvh, d) <= DECODE_KV_LIMIT_BYTES:
                 out.append((h, kvh, d, b, c))
@@ -224,6 +258,7 @@ def elementwise_flops_bytes(op: str, tokens: int, hidden: int, elt: int = 2):
 
 
 def estimate_points(quick: bool = False) -> dict[str, int]:
+    """Points per grid (GEMM on DEFAULT_NUM_SMS SMs)."""
     return {
         "gemm_bf16": len(gemm_grid(quick)),
         "gemm_fp8": len(gemm_fp8_grid(quick)),

@@ -1,4 +1,5 @@
-"""Shared pieces of the calibration runner: timing, CSV output, budgets, checks, peaks.
+"""Shared pieces of the calibration runner: CSV output, budgets, checks, peaks (timing itself
+is calibrate/timing.py).
 
 Split out of calibrate/run.py (which keeps the per-op shape sweeps and the command line).
 """
@@ -6,75 +7,23 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
 import time
 import traceback
 
 import torch
-import triton
-import triton.testing
 
 from .kernels import attn_decode, attn_prefill, elementwise, gemm
+from .timing import DEV, bench
 
-TIMING = {"warmup_ms": 5, "rep_ms": 20}  # do_bench settings; --quick lowers them
-# CALIBRATE_DEVICE=cpu (with TRITON_INTERPRET=1) only exercises the pipeline on a CPU; the
-# numbers it writes are meaningless.  Real runs use the default, cuda.
-DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
 TOL = {"bf16": 2e-2, "fp8": 6e-2}
-# wall-time budget (s) per op for the full grid; --quick uses the same caps
-BUDGET = {"gemm": 170, "attn_prefill": 90, "attn_decode": 200, "elementwise": 50}
+# wall-time budget (s) per op for the full grid (the run must fit one 10-minute device call with
+# room to spare); --quick uses the same caps
+BUDGET = {"gemm": 100, "attn_prefill": 85, "attn_decode": 170, "elementwise": 35}
 
 
 def log(*a):
     print(*a, flush=True)
-
-
-# independent do_bench windows per point, per op (the median is kept): decode and prefill
-# showed isolated 2-4x slow points in single-window runs on both GPUs
-REPEATS = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 1}
-# points whose windows disagree by more than this factor (max/min) are counted per op
-UNSTABLE_RATIO = 1.2
-
-
-class Spread:
-    """Per-op count of points whose repeated windows disagreed (max/min > UNSTABLE_RATIO)."""
-
-    def __init__(self):
-        self.points, self.unstable, self.worst = {}, {}, {}
-
-    def add(self, op: str, ts: list[float]) -> None:
-        r = max(ts) / min(ts)
-        self.points[op] = self.points.get(op, 0) + 1
-        if r > UNSTABLE_RATIO:
-            self.unstable[op] = self.unstable.get(op, 0) + 1
-        self.worst[op] = max(self.worst.get(op, 1.0), r)
-
-    def summary(self) -> dict:
-        return {op: {"points": n, "repeats": REPEATS[op], "unstable_points": self.unstable.get(op, 0),
-                     "worst_max_over_min": round(self.worst[op], 3)} for op, n in self.points.items()}
-
-
-SPREAD = Spread()
-
-
-def bench_repeated(fn, op: str) -> float:
-    """Median over REPEATS[op] independent bench() windows; the spread is recorded in SPREAD."""
-    n = REPEATS.get(op, 1)
-    ts = [bench(fn) for _ in range(n)]
-    if n > 1:
-        SPREAD.add(op, ts)
-    return sorted(ts)[n // 2]
-
-
-def bench(fn) -> float:
-    """Median seconds of fn (device events, cold L2 each repetition)."""
-    if DEV != "cuda":
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    return triton.testing.do_bench(fn, warmup=TIMING["warmup_ms"], rep=TIMING["rep_ms"], return_mode="median") * 1e-3
 
 
 def sync():
@@ -117,6 +66,9 @@ class Budget:
             self.skipped += 1
             return True
         return False
+
+    def left(self) -> float:
+        return self.seconds - (time.time() - self.t0)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -182,5 +134,5 @@ class Skips:
     def __init__(self):
         self.items: dict[str, int] = {}
 
-    def add(self, key):
-        self.items[key] = self.items.get(key, 0) + 1
+    def add(self, key, n: int = 1):
+        self.items[key] = self.items.get(key, 0) + n

@@ -3,10 +3,12 @@
   python -m calibrate.run --gpu-name h100_sxm --out calibrate/data/h100_sxm [--quick]
       [--ops gemm,attn_prefill,attn_decode,elementwise] [--backends triton,vendor] [--check-only]
 
-Timing: triton.testing.do_bench, median, with warm-up.  do_bench zeroes a 256 MB buffer before
-every timed call, so inputs and weights are never L2-resident between repetitions (the same
-effect as rotating input buffers).  Each op has a wall-time budget; points past it are skipped
-and counted in provenance.json.
+Timing (calibrate/timing.py): do_bench's method (median over event-timed calls, warm-up, 256 MB
+zeroed before every timed call so inputs and weights are never L2-resident), with the host kept
+ahead of the GPU.  Prefill and decode attention are timed in several passes over their whole
+grid in shuffled order with fresh inputs each pass (the per-point median is kept; every window
+is in windows.csv).  Each op has a wall-time budget; points past it are skipped and counted in
+provenance.json.
 """
 from __future__ import annotations
 
@@ -22,15 +24,17 @@ import traceback
 
 import torch
 import triton
-import triton.testing
 
 from . import grids
-from .harness import BUDGET, DEV, REPEATS, SPREAD, TIMING, Budget, bench_repeated, CsvOut, Skips, bench, log, measure_peaks, nvsmi, run_checks, sync
-from .kernels import attn_decode, attn_prefill, elementwise, gemm
+from .harness import BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync
+from .kernels import elementwise, gemm
+from .run_attention import time_decode, time_prefill
+from .timing import DEV, HOST, PASS_TIMING, PASSES, SPREAD, TIMING, WindowLog, bench
 
-def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
     bud = Budget("gemm", BUDGET["gemm"])
-    for dtype, grid in (("bf16", grids.gemm_grid(quick)), ("fp8", grids.gemm_fp8_grid(quick))):
+    sms = _num_sms()
+    for dtype, grid in (("bf16", grids.gemm_grid(quick, sms)), ("fp8", grids.gemm_fp8_grid(quick, sms))):
         by_kn: dict[tuple[int, int], list[int]] = {}
         for m, n, k in grid:
             by_kn.setdefault((k, n), []).append(m)
@@ -75,116 +79,10 @@ def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips):
     torch.cuda.empty_cache()
 
 
-def _sdpa_ctx():
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                        SDPBackend.EFFICIENT_ATTENTION])
-
-
-def _vendor_prefill(q4, k4, v4, sq, skv):
-    """SDPA on [B,H,S,D] views (memory [B,S,H,D]); causal bottom-right for chunked."""
-    import torch.nn.functional as F
-    if sq == skv:
-        return lambda: F.scaled_dot_product_attention(q4, k4, v4, is_causal=True, enable_gqa=True)
-    from torch.nn.attention.bias import causal_lower_right
-    bias = causal_lower_right(sq, skv)
-    return lambda: F.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, enable_gqa=True)
-
-
-def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips):
-    bud = Budget("attn_prefill", BUDGET["attn_prefill"])
-    shapes = grids.PREFILL_SHAPES_QUICK if quick else grids.PREFILL_SHAPES
-    for h, kvh, d in grids.HEAD_CONFIGS:
-        for bsz, sq, skv in shapes:
-            if bud.over():
-                skips.add("attn_prefill_budget")
-                continue
-            q, k, v, cu_q, cu_k = attn_prefill.make_inputs([sq] * bsz, [skv] * bsz, h, kvh, d, DEV)
-            o = torch.empty_like(q)
-            flops, byts = grids.prefill_flops_bytes(bsz, sq, skv, h, kvh, d)
-            for be in backends:
-                if be == "triton" and not ok_triton:
-                    continue
-                try:
-                    if be == "triton":
-                        fn = lambda: attn_prefill.prefill_attention(q, k, v, cu_q, cu_k, sq, o)  # noqa: E731
-                        t = bench_repeated(fn, "attn_prefill")
-                    else:
-                        q4 = q.view(bsz, sq, h, d).transpose(1, 2)
-                        k4 = k.view(bsz, skv, kvh, d).transpose(1, 2)
-                        v4 = v.view(bsz, skv, kvh, d).transpose(1, 2)
-                        with _sdpa_ctx():
-                            fn = _vendor_prefill(q4, k4, v4, sq, skv)
-                            try:
-                                t = bench_repeated(fn, "attn_prefill")
-                            except Exception:  # noqa: BLE001  (no GQA path: repeat kv heads)
-                                skips.add("attn_prefill_vendor_gqa_fallback_repeat_kv")
-                                k4 = k4.repeat_interleave(h // kvh, 1)
-                                v4 = v4.repeat_interleave(h // kvh, 1)
-                                fn = _vendor_prefill(q4, k4, v4, sq, skv)
-                                t = bench_repeated(fn, "attn_prefill")
-                except Exception as e:  # noqa: BLE001
-                    skips.add(f"attn_prefill_{be}: {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                w.row(op="attn_prefill", backend=be, dtype="bf16", batch=bsz, seq_q=sq, seq_kv=skv,
-                      heads=h, kv_heads=kvh, head_dim=d, time_s=f"{t:.6e}", flops=flops, bytes=byts)
-            del q, k, v, o
-        log(f"[attn_prefill] heads={h} kv={kvh} d={d} done ({time.time() - bud.t0:.0f} s)")
-    torch.cuda.empty_cache()
-
-
-def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips):
-    import torch.nn.functional as F
-    bud = Budget("attn_decode", BUDGET["attn_decode"])
-    page = grids.BLOCK_SIZE
-    pts = grids.decode_grid(quick)
-    for h, kvh, d in grids.HEAD_CONFIGS:
-        mine = [(b, c) for (hh, kk, dd, b, c) in pts if (hh, kk, dd) == (h, kvh, d)]
-        if not mine:
-            continue
-        nblocks = max(b * triton.cdiv(c, page) for b, c in mine) + 16
-        kpool = torch.randn(nblocks, page, kvh, d, device=DEV, dtype=torch.bfloat16)
-        vpool = torch.randn(nblocks, page, kvh, d, device=DEV, dtype=torch.bfloat16)
-        scratch = (torch.empty(512 * h * 64 * d, device=DEV, dtype=torch.float32),
-                   torch.empty(512 * h * 64 * 2, device=DEV, dtype=torch.float32))
-        for b, c in mine:
-            if bud.over():
-                skips.add("attn_decode_budget")
-                continue
-            nb = triton.cdiv(c, page)
-            table = torch.randperm(nblocks, device=DEV)[: b * nb].to(torch.int32).view(b, nb)
-            lens = torch.full((b,), c, device=DEV, dtype=torch.int32)
-            q = torch.randn(b, h, d, device=DEV, dtype=torch.bfloat16)
-            o = torch.empty_like(q)
-            flops, byts = grids.decode_flops_bytes(b, c, h, kvh, d)
-            for be in backends:
-                if be == "triton" and not ok_triton:
-                    continue
-                try:
-                    if be == "triton":
-                        fn = lambda: attn_decode.decode_attention(q, kpool, vpool, table, lens, c, o,  # noqa: E731
-                                                                  scratch=scratch)
-                    else:
-                        n_el = b * kvh * c * d
-                        k4 = kpool.view(-1)[:n_el].view(b, kvh, c, d)
-                        v4 = vpool.view(-1)[:n_el].view(b, kvh, c, d)
-                        q4 = q.view(b, h, 1, d)
-                        fn = lambda: F.scaled_dot_product_attention(q4, k4, v4, enable_gqa=True)  # noqa: E731
-                    if be == "vendor":
-                        with _sdpa_ctx():
-                            t = bench_repeated(fn, "attn_decode")
-                    else:
-                        t = bench_repeated(fn, "attn_decode")
-                except Exception as e:  # noqa: BLE001
-                    skips.add(f"attn_decode_{be}: {type(e).__name__}: {str(e)[:120]}")
-                    continue
-                w.row(op="attn_decode", backend=be, dtype="bf16", batch=b, context=c, heads=h,
-                      kv_heads=kvh, head_dim=d, block_size=page, time_s=f"{t:.6e}", flops=flops,
-                      bytes=byts)
-        log(f"[attn_decode] heads={h} kv={kvh} d={d}: {len(mine)} points "
-            f"({time.time() - bud.t0:.0f} s)")
-        del kpool, vpool, scratch
-        torch.cuda.empty_cache()
+def _num_sms() -> int:
+    if DEV == "cuda":
+        return torch.cuda.get_device_properties(0).multi_processor_count
+    return grids.DEFAULT_NUM_SMS
 
 
 def time_launch(w: CsvOut, skips: Skips):
@@ -229,7 +127,7 @@ def time_launch(w: CsvOut, skips: Skips):
         log(f"[launch] {be:12s} {t * 1e6:.2f} us")
 
 
-def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips):
+def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
     import torch.nn.functional as F
     bud = Budget("elementwise", BUDGET["elementwise"])
     time_launch(w, skips)
@@ -340,6 +238,7 @@ def main(argv=None):
         BUDGET[k] *= args.budget_scale
     if args.quick:
         TIMING.update(warmup_ms=3, rep_ms=10)
+        PASS_TIMING.update(rep_ms=5)
     os.makedirs(args.out, exist_ok=True)
     if DEV == "cuda":
         assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -364,8 +263,10 @@ def main(argv=None):
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, "-m", "calibrate.run"] + (argv or sys.argv[1:])),
         "clocks_before": nvsmi("clocks.sm,clocks.mem,clocks.max.sm"),
-        "timing": {"method": "triton.testing.do_bench median (L2 flushed before each rep)",
-                   **TIMING},
+        "timing": {"method": "calibrate.timing.bench: do_bench's median of event-timed calls with 256 MB "
+                             "zeroed before each, host kept ahead of the GPU (spin kernel; calls the GPU "
+                             "reached before the host had enqueued them dropped)",
+                   **TIMING, "multi_pass_window": dict(PASS_TIMING), "passes": dict(PASSES)},
         "quick": args.quick,
         "ops": ops, "backends": backends,
     }
@@ -378,20 +279,24 @@ def main(argv=None):
         prov["peaks"] = measure_peaks() if DEV == "cuda" else {}
         timers = {"gemm": time_gemm, "attn_prefill": time_prefill, "attn_decode": time_decode,
                   "elementwise": time_elementwise}
+        windows = WindowLog(os.path.join(args.out, "windows.csv"))
         for op in ops:
             w = CsvOut(os.path.join(args.out, f"{op}.csv"), grids.COLUMNS[op])
             t0 = time.time()
             try:
-                timers[op](w, backends, checks[op]["passed"], args.quick, skips)
+                timers[op](w, backends, checks[op]["passed"], args.quick, skips, windows)
             except Exception as e:  # noqa: BLE001
                 skips.add(f"{op}_aborted: {type(e).__name__}: {str(e)[:200]}")
                 log(traceback.format_exc())
             w.close()
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
             prov.setdefault("op_seconds", {})[op] = round(time.time() - t0, 1)
             log(f"[time] {op}: {w.n} rows in {time.time() - t0:.1f} s")
+        windows.close()
     prov["skipped"] = skips.items
-    prov["repeats"] = dict(REPEATS)
-    prov["repeat_spread"] = SPREAD.summary()
+    prov["pass_spread"] = SPREAD.summary()
+    prov["host_ahead"] = HOST.summary()
     prov["clocks_after"] = nvsmi("clocks.sm,clocks.mem,clocks.max.sm")
     prov["wall_time_s"] = round(time.time() - t_start, 1)
     with open(os.path.join(args.out, "provenance.json"), "w") as f:

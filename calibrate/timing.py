@@ -1,0 +1,210 @@
+"""How the calibration runner times a kernel: bench() (one window: do_bench's method with the
+host kept ahead of the GPU) and run_passes() (several shuffled passes over an op's grid, fresh
+inputs each pass, per-point median across passes, every window logged).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import time
+from typing import Callable, Hashable, Iterable
+
+import torch
+
+# CALIBRATE_DEVICE=cpu (with TRITON_INTERPRET=1) only exercises the pipeline on a CPU; the
+# numbers it writes are meaningless.  Real runs use the default, cuda.
+DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
+
+# Window settings: warm-up and repetition time as do_bench takes them, capped in calls; --quick
+# lowers them.  Ops timed in several passes use shorter windows (PASS_TIMING), one per pass.
+TIMING = {"warmup_ms": 5, "rep_ms": 20, "max_warmup": 25, "max_reps": 100}
+PASS_TIMING = {"rep_ms": 10, "max_reps": 50}
+# passes over an op's whole grid (shuffled order, fresh inputs each pass; the per-point median
+# across passes is kept): single-window runs showed isolated 2-4x slow points in decode and
+# prefill on both GPUs, and a 3-window run that reused one point's inputs back to back kept some
+PASSES = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 1}
+UNSTABLE_RATIO = 1.2        # points whose passes disagree by more (max/min) are counted per op
+SHUFFLE_SEED = 20261123     # pass p visits the grid in random.Random(SHUFFLE_SEED + p) order
+SPIN_CYCLES_PER_S = 2.0e9   # >= the SM clock (1.98 GHz max on H100/H200): a spin lasts >= asked
+
+
+class Spread:
+    """Per-op count of points whose passes disagreed (max/min > UNSTABLE_RATIO)."""
+
+    def __init__(self):
+        self.points, self.unstable, self.worst, self.passes = {}, {}, {}, {}
+
+    def add(self, op: str, ts: list[float]) -> None:
+        r = max(ts) / min(ts)
+        self.points[op] = self.points.get(op, 0) + 1
+        if r > UNSTABLE_RATIO:
+            self.unstable[op] = self.unstable.get(op, 0) + 1
+        self.worst[op] = max(self.worst.get(op, 1.0), r)
+
+    def summary(self) -> dict:
+        return {op: {"points": n, "passes": self.passes.get(op, PASSES[op]),
+                     "unstable_points": self.unstable.get(op, 0),
+                     "worst_max_over_min": round(self.worst[op], 3)} for op, n in self.points.items()}
+
+
+class HostAhead:
+    """What bench() saw of the host: timed calls whose start the GPU reached before the host had
+    finished enqueuing them (dropped from the median), and windows retried because of them."""
+
+    def __init__(self):
+        self.windows = self.reps = self.late = self.retried = 0
+
+    def summary(self) -> dict:
+        return {"windows": self.windows, "timed_calls": self.reps, "late_calls_dropped": self.late,
+                "windows_retried": self.retried}
+
+
+SPREAD = Spread()
+HOST = HostAhead()
+_FLUSH: list = []
+
+
+def _spin(seconds: float) -> None:
+    """Hold the GPU (a clock64 spin kernel) so that the host can enqueue ahead of it."""
+    torch.cuda._sleep(int(max(seconds, 0.0) * SPIN_CYCLES_PER_S))
+
+
+def _flush_buffer():
+    if not _FLUSH:  # the same 256 MB that triton.testing.do_bench zeroes before each call
+        _FLUSH.append(torch.empty(256 * 10**6 // 4, dtype=torch.int32, device=DEV))
+    return _FLUSH[0]
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float:
+    """Median device seconds of one call of fn, measured as triton.testing.do_bench measures it
+    (256 MB zeroed before each timed call so inputs are never L2-resident, CUDA events around
+    the call, warm-up first), but with the host kept ahead of the GPU: a spin kernel holds the
+    GPU while the host enqueues the timed calls, and a call whose start event the GPU had
+    already reached when the host finished enqueuing it (the GPU may have waited for the host
+    inside the window) is dropped; if more than a tenth are, the window is retried with a
+    longer spin.  A Triton launch costs 12-17 us of Python, so without this the windows of
+    small Triton kernels (two launches for split decode) could measure the host."""
+    if DEV != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    rep_ms = TIMING["rep_ms"] if rep_ms is None else rep_ms
+    max_reps = TIMING["max_reps"] if max_reps is None else max_reps
+    cache = _flush_buffer()
+    ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
+    fn()  # compilation, allocations
+    torch.cuda.synchronize()
+    # one call (then, if short, five) behind a spin: GPU time per (zero + call), host time per call
+    a, b = ev(), ev()
+    est = host = 0.0
+    for n in (1, 5):
+        _spin(2e-3)
+        a.record()
+        h0 = time.perf_counter()
+        for _ in range(n):
+            cache.zero_()
+            fn()
+        host = (time.perf_counter() - h0) / n
+        b.record()
+        torch.cuda.synchronize()
+        est = a.elapsed_time(b) * 1e-3 / n
+        if est > 2e-3:
+            break
+    n_warm = max(1, min(TIMING["max_warmup"], int(TIMING["warmup_ms"] * 1e-3 / est)))
+    n_rep = max(1, min(max_reps, int(rep_ms * 1e-3 / est)))
+    for _ in range(n_warm):
+        fn()
+    starts = [ev() for _ in range(n_rep)]
+    ends = [ev() for _ in range(n_rep)]
+    host_rep = host + 10e-6  # plus two event records and a query per timed call
+    lead = max(1e-3, n_rep * (1.3 * host_rep - 0.8 * est))
+    late: set[int] = set()
+    for attempt in range(3):
+        _spin(lead)
+        late = set()
+        for i in range(n_rep):
+            cache.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+            if starts[i].query():  # the GPU is already past this call's start
+                late.add(i)
+        torch.cuda.synchronize()
+        if len(late) <= n_rep // 10 or attempt == 2:
+            break
+        HOST.retried += 1
+        lead = 2 * lead + 2 * n_rep * host_rep
+    keep = [i for i in range(n_rep) if i not in late] or list(range(n_rep))
+    HOST.windows += 1
+    HOST.reps += n_rep
+    HOST.late += n_rep - len(keep)
+    return _median([starts[i].elapsed_time(ends[i]) * 1e-3 for i in keep])
+
+
+def bench_pass(fn) -> float:
+    """One window of a multi-pass op (shorter: PASS_TIMING)."""
+    return bench(fn, PASS_TIMING["rep_ms"], PASS_TIMING["max_reps"])
+
+
+class WindowLog:
+    """windows.csv: every timed window of the multi-pass ops (op, backend, shape, pass, time_s)."""
+
+    COLUMNS = ["op", "backend", "shape", "pass", "time_s"]
+
+    def __init__(self, path):
+        self.f = open(path, "w", newline="")
+        self.w = csv.writer(self.f)
+        self.w.writerow(self.COLUMNS)
+
+    def row(self, op, backend, shape, pass_, t):
+        self.w.writerow([op, backend, shape, pass_, f"{t:.6e}"])
+
+    def close(self):
+        self.f.close()
+
+
+def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, int], Iterable],
+               budget, skips, windows: WindowLog | None, shape_str: Callable[[Hashable], str] = str,
+               log: Callable = print) -> dict:
+    """Time every point in PASSES[op] passes, each over the whole grid in a fresh shuffled order;
+    ``time_point(point, pass)`` makes fresh inputs and yields (backend, seconds).  A pass starts
+    only if the last one, 1.2x, fits in what is left of ``budget`` (so points have equal pass
+    counts); points the budget cuts in the first pass are skipped.  Returns
+    {point: {backend: median seconds}} and records the spread of the passes in SPREAD."""
+    n = PASSES[op]
+    got: dict = {}
+    done = 0
+    for p in range(n):
+        order = list(points)
+        random.Random(SHUFFLE_SEED + p).shuffle(order)
+        t0 = time.time()
+        for i, pt in enumerate(order):
+            if budget.over():
+                skips.add(f"{op}_budget_pass{p}", len(order) - i)
+                break
+            for be, t in time_point(pt, p):
+                got.setdefault(pt, {}).setdefault(be, []).append(t)
+                if windows is not None:
+                    windows.row(op, be, shape_str(pt), p, t)
+        done = p + 1
+        dt = time.time() - t0
+        log(f"[{op}] pass {p + 1}/{n}: {len(order)} points in {dt:.0f} s")
+        if p + 1 < n and budget.left() < 1.2 * dt:
+            skips.add(f"{op}_passes_not_run", n - p - 1)
+            break
+    SPREAD.passes[op] = done
+    out = {}
+    for pt, bes in got.items():
+        for be, ts in bes.items():
+            if len(ts) > 1:
+                SPREAD.add(op, ts)
+            out.setdefault(pt, {})[be] = _median(ts)
+    return out
