@@ -112,6 +112,13 @@ def fit_curve(flops, byts, peak, bw, t, prior: Mapping, launch_s: float | None =
     if capped:  # ops measured faster than the empty kernel: keep (nearly) all points reachable
         launch_s = 0.9 * floor_t
     cf_p, bf_p = float(prior.get("compute_frac", 0.7)), float(prior.get("bandwidth_frac", 0.8))
+    # a kernel that did F FLOPs (moved B bytes) in t - launch reached at least F/(P (t - launch))
+    # (B/(W (t - launch))) of the peak: a roof kept at the prior is raised to that, so that it
+    # never claims a measured point was slower than it was (e.g. a low prior bandwidth on a
+    # compute-bound kernel made the memory roof bind on large-batch prefill)
+    busy = np.maximum(t - (launch_s or 0.0), 0.05 * t)
+    cf_p = min(max(cf_p, float(np.max(flops / (peak * busy)))), 1.5)
+    bf_p = min(max(bf_p, float(np.max(byts / (bw * busy)))), 1.5)
     # a roof no point ideally reaches cannot be identified: pin its fraction to the prior and
     # its fixed term to 0 (otherwise F0 and B0 trade off freely as a small-size floor)
     n_c = int(np.sum(flops / peak > byts / bw))

@@ -87,7 +87,7 @@ def _marked_heldout(kind: str, r: Mapping) -> bool:
     if kind == "gemm":
         return int(r["m"]) in grids.GEMM_M_HELDOUT
     if kind == "attn_prefill":
-        return (int(r["batch"]), int(r["seq_q"]), int(r["seq_kv"])) in {(2, 3000, 3000), (1, 1000, 6000)}
+        return (int(r["batch"]), int(r["seq_q"]), int(r["seq_kv"])) in set(grids.PREFILL_HELDOUT)
     if kind == "attn_decode":
         return (int(r["batch"]), int(r["context"])) in set(grids.DECODE_HELDOUT)
     return False

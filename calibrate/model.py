@@ -12,7 +12,7 @@ import pandas as pd
 
 from calibrate import grids
 from calibrate.measurements import make_op
-from sim.cost.ops import CHAIN_ROOF_BACKENDS, chain_ns
+from sim.cost.ops import CHAIN_ROOF_BACKENDS, Gemm, chain_ns
 from sim.hardware import TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table
 
 
@@ -106,6 +106,11 @@ def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[d
         for i in idx:
             rc = coords[i, 0] if len(axes) == 2 else 0.0
             rows.setdefault(float(rc), {}).setdefault(float(coords[i, -1]), []).append(math.log(ratio[i]))
+        dtype = k[names.index("dtype")]
+        triton_gemm = kind == "gemm" and backend == "triton" and dtype in grids.TRITON_GEMM_M_BREAKS
+        if triton_gemm:
+            _flat_segment_ends(rows[0.0], g.iloc[idx[0]], p, int(k[0]), int(k[1]), dtype,
+                               int(g["num_sms"].iloc[0]))
         trows = []
         for rc in sorted(rows):
             xs = sorted(rows[rc])
@@ -115,11 +120,41 @@ def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[d
                 row = {axes[0]: int(round(rc)), **row}
             trows.append(row)
         tab = {"key": dict(zip(names, k)), "rows": trows}
-        dtype = k[names.index("dtype")]
-        if kind == "gemm" and backend == "triton" and dtype in grids.TRITON_GEMM_M_BREAKS:
+        if triton_gemm:
             tab["breaks"] = grids.triton_gemm_breaks(int(k[0]), dtype, int(g["num_sms"].iloc[0]))
         out.append(tab)
     return out
+
+
+def _flat_segment_ends(row: dict[float, list[float]], r0, p: Mapping, n: int, k: int, dtype: str,
+                       num_sms: int) -> None:
+    """Add knots at both ends of each Triton GEMM segment (between tile-class/wave breaks) whose
+    CTA count fits one wave count throughout: every M in it launches the same waves of the same
+    tiles, each tile doing the same K loop, so the time is flat in M there.  An end gets the time
+    of the nearest measured M of its segment, as a ratio to the base at the end (the table then
+    interpolates inside the segment rather than carrying the nearest ratio to the ends).  Ends
+    already measured, segments without a measured M, and the open-ended last segment are left."""
+    bounds = [0] + grids.triton_gemm_breaks(n, dtype, num_sms) + [1 << 62]
+    measured = {int(round(x)): x for x in row}
+    seg = [sorted(m for m in measured if lo < m <= hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    waves = lambda m: grids.triton_gemm_waves(m, n, dtype, num_sms)  # noqa: E731
+    for i, (lo, hi) in enumerate(zip(bounds[:-2], bounds[1:-1])):
+        ms = seg[i]
+        if not ms or waves(lo + 1) != waves(hi):
+            continue
+        # an end next to a segment with no measurement is left alone: a query there falls back
+        # to interpolating the whole row (sim.hardware.ShapeTable), which a flat end would skew
+        for end, near, other in ((lo + 1, ms[0], seg[i - 1] if i else [1]), (hi, ms[-1], seg[i + 1])):
+            if end in measured or not other:
+                continue
+            log_t = float(np.mean(row[measured[near]])) + math.log(_gemm_base(p, r0, near, n, k, dtype))
+            row[float(end)] = [log_t - math.log(_gemm_base(p, r0, end, n, k, dtype))]
+
+
+def _gemm_base(p: Mapping, r0, m: int, n: int, k: int, dtype: str) -> float:
+    """The affine roofline + launch (a GEMM table's base) at (m, n, k), peaks as in row r0."""
+    op = Gemm(m, n, k, dtype)
+    return float(predict(p, [op.flops()], [op.bytes()], [float(r0["peak"])], float(r0["bw"]), corr=False)[0])
 
 
 def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:

@@ -21,7 +21,7 @@ from calibrate import grids
 from calibrate.fit import FitError, fit_profile
 from calibrate.measurements import make_op, read_measurements
 from sim.cli import app
-from sim.cost.ops import affine_roofline_s, op_time
+from sim.cost.ops import CHAIN_ROOF_BACKENDS, affine_roofline_s, chain_ns, op_time, prefill_chain_flops
 from sim.hardware import OpEfficiency, dump_profile, load_hardware
 from tests.conftest import ROOT
 
@@ -42,11 +42,16 @@ def write_synthetic(out, seed=0, noise=NOISE):
     hw = load_hardware("h100_sxm")
     hw = dataclasses.replace(hw, efficiency={be: {k: OpEfficiency(**p) for k, p in ops.items()}
                                              for be, ops in TRUE_BE.items()})
-    rng = np.random.default_rng(seed)
+    # one noise stream per op kind, so that a grid change in one op redraws no other op's noise
+    rngs = {kind: np.random.default_rng([seed, i]) for i, kind in enumerate(TRUE)}
     out.mkdir(parents=True, exist_ok=True)
 
-    def t(kind, f, b, dt, be):
-        return f"{affine_roofline_s(hw, kind, f, b, dt, be)[0] * float(np.exp(rng.normal(0, noise))):.6e}"
+    def t(kind, f, b, dt, be, chain_flops=0.0):
+        s = affine_roofline_s(hw, kind, f, b, dt, be)[0]
+        if be in CHAIN_ROOF_BACKENDS and chain_flops:  # the serial chain as a third roof (as the fit models it)
+            e = hw.op_efficiency(kind, be)
+            s = max(s, chain_ns(chain_flops, hw.peak_flops(dt), hw.num_sms) * 1e-9 / e.compute_frac + e.launch_s)
+        return f"{s * float(np.exp(rngs[kind].normal(0, noise))):.6e}"
 
     def table(kind, rows):
         with open(out / f"{kind}.csv", "w", newline="") as fh:
@@ -66,7 +71,8 @@ def write_synthetic(out, seed=0, noise=NOISE):
     for h, kvh, d in grids.HEAD_CONFIGS[:2]:
         for bs, sq, skv in grids.PREFILL_SHAPES:
             f, b = grids.prefill_flops_bytes(bs, sq, skv, h, kvh, d)
-            rows += [["attn_prefill", be, "bf16", bs, sq, skv, h, kvh, d, t("attn_prefill", f, b, "bf16", be), f, b]
+            cf = prefill_chain_flops(d, skv)
+            rows += [["attn_prefill", be, "bf16", bs, sq, skv, h, kvh, d, t("attn_prefill", f, b, "bf16", be, cf), f, b]
                      for be in TRUE_BE]
     table("attn_prefill", rows)
     rows = []
