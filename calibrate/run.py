@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import gc
 import json
 import os
 import socket
@@ -29,7 +30,7 @@ from . import grids
 from .harness import BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync
 from .kernels import elementwise, gemm
 from .run_attention import time_decode, time_prefill
-from .timing import DEV, HOST, PASS_TIMING, PASSES, SPREAD, TIMING, WindowLog, bench
+from .timing import DEV, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog, bench
 
 def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
     bud = Budget("gemm", BUDGET["gemm"])
@@ -280,7 +281,12 @@ def main(argv=None):
         timers = {"gemm": time_gemm, "attn_prefill": time_prefill, "attn_decode": time_decode,
                   "elementwise": time_elementwise}
         windows = WindowLog(os.path.join(args.out, "windows.csv"))
+        # no cyclic GC inside the sweeps: a full collection over torch's and triton's objects
+        # takes ~130 ms and ran about once per timing window of a Triton kernel (seen on an H100)
+        gc.disable()
         for op in ops:
+            gc.collect()
+            gc.freeze()
             w = CsvOut(os.path.join(args.out, f"{op}.csv"), grids.COLUMNS[op])
             t0 = time.time()
             try:
@@ -294,9 +300,12 @@ def main(argv=None):
             prov.setdefault("op_seconds", {})[op] = round(time.time() - t0, 1)
             log(f"[time] {op}: {w.n} rows in {time.time() - t0:.1f} s")
         windows.close()
+        gc.unfreeze()
+        gc.enable()
     prov["skipped"] = skips.items
     prov["pass_spread"] = SPREAD.summary()
     prov["host_ahead"] = HOST.summary()
+    prov["bench_phase_wall_s"] = {k: round(v, 1) for k, v in PHASE_S.items()}
     prov["clocks_after"] = nvsmi("clocks.sm,clocks.mem,clocks.max.sm")
     prov["wall_time_s"] = round(time.time() - t_start, 1)
     with open(os.path.join(args.out, "provenance.json"), "w") as f:

@@ -62,6 +62,7 @@ class HostAhead:
 
 SPREAD = Spread()
 HOST = HostAhead()
+PHASE_S = {"first_call": 0.0, "estimate": 0.0, "warmup": 0.0, "timed": 0.0, "retries_readout": 0.0}  # wall s
 _FLUSH: list = []
 
 
@@ -100,13 +101,15 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
     max_reps = TIMING["max_reps"] if max_reps is None else max_reps
     cache = _flush_buffer()
     ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
+    w0 = time.perf_counter()
     fn()  # compilation, allocations
     torch.cuda.synchronize()
+    w1 = time.perf_counter()
     # one call (then, if short, five) behind a spin: GPU time per (zero + call), host time per call
     a, b = ev(), ev()
     est = host = 0.0
     for n in (1, 5):
-        _spin(2e-3)
+        _spin(0.3e-3 + 2 * n * 100e-6)
         a.record()
         h0 = time.perf_counter()
         for _ in range(n):
@@ -118,14 +121,16 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
         est = a.elapsed_time(b) * 1e-3 / n
         if est > 2e-3:
             break
+    w2 = time.perf_counter()
     n_warm = max(1, min(TIMING["max_warmup"], int(TIMING["warmup_ms"] * 1e-3 / est)))
     n_rep = max(1, min(max_reps, int(rep_ms * 1e-3 / est)))
     for _ in range(n_warm):
         fn()
     starts = [ev() for _ in range(n_rep)]
     ends = [ev() for _ in range(n_rep)]
+    w3 = time.perf_counter()
     host_rep = host + 10e-6  # plus two event records and a query per timed call
-    lead = max(1e-3, n_rep * (1.3 * host_rep - 0.8 * est))
+    lead = max(0.5e-3, n_rep * (1.3 * host_rep - 0.8 * est))
     late: set[int] = set()
     for attempt in range(3):
         _spin(lead)
@@ -138,6 +143,8 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
             if starts[i].query():  # the GPU is already past this call's start
                 late.add(i)
         torch.cuda.synchronize()
+        if attempt == 0:
+            w4 = time.perf_counter()
         if len(late) <= n_rep // 10 or attempt == 2:
             break
         HOST.retried += 1
@@ -146,7 +153,11 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
     HOST.windows += 1
     HOST.reps += n_rep
     HOST.late += n_rep - len(keep)
-    return _median([starts[i].elapsed_time(ends[i]) * 1e-3 for i in keep])
+    t = _median([starts[i].elapsed_time(ends[i]) * 1e-3 for i in keep])
+    w5 = time.perf_counter()
+    for k, dt in zip(PHASE_S, (w1 - w0, w2 - w1, w3 - w2, w4 - w3, w5 - w4)):
+        PHASE_S[k] += dt
+    return t
 
 
 def bench_pass(fn) -> float:
