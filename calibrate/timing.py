@@ -187,8 +187,8 @@ def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, 
                log: Callable = print) -> dict:
     """Time every point in PASSES[op] passes, each over the whole grid in a fresh shuffled order;
     ``time_point(point, pass)`` makes fresh inputs and yields (backend, seconds).  A pass starts
-    only if the last one, 1.2x, fits in what is left of ``budget`` (so points have equal pass
-    counts); points the budget cuts in the first pass are skipped.  Returns
+    only if 1.2x the last one (less its first calls, where kernels compile) fits in what is left
+    of ``budget`` (so points have equal pass counts); points the budget cuts in the first pass are skipped.  Returns
     {point: {backend: median seconds}} and records the spread of the passes in SPREAD."""
     n = PASSES[op]
     got: dict = {}
@@ -196,7 +196,7 @@ def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, 
     for p in range(n):
         order = list(points)
         random.Random(SHUFFLE_SEED + p).shuffle(order)
-        t0 = time.time()
+        t0, fc0, n_win = time.time(), PHASE_S["first_call"], HOST.windows
         for i, pt in enumerate(order):
             if budget.over():
                 skips.add(f"{op}_budget_pass{p}", len(order) - i)
@@ -207,8 +207,11 @@ def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, 
                     windows.row(op, be, shape_str(pt), p, t)
         done = p + 1
         dt = time.time() - t0
-        log(f"[{op}] pass {p + 1}/{n}: {len(order)} points in {dt:.0f} s")
-        if p + 1 < n and budget.left() < 1.2 * dt:
+        # the next pass costs this one less its first calls (kernel compilation happens in the
+        # first pass), plus a few ms per window for first calls of compiled kernels
+        nxt = dt - (PHASE_S["first_call"] - fc0) + 3e-3 * (HOST.windows - n_win)
+        log(f"[{op}] pass {p + 1}/{n}: {len(order)} points in {dt:.0f} s (next pass ~{nxt:.0f} s)")
+        if p + 1 < n and budget.left() < 1.2 * nxt:
             skips.add(f"{op}_passes_not_run", n - p - 1)
             break
     SPREAD.passes[op] = done
