@@ -38,6 +38,25 @@ def _dtype(column: str):
     return _INT64 if column in _INT_COLUMNS else _FLOAT64
 
 
+def _merge_positions(steps: dict, runs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the stepped rows and of the run rows in the merged frame: the order
+    of a stable sort by (replica, start_s) of the stepped rows followed by the run rows."""
+    ss, rs = steps["start_s"], runs["start_s"]
+    one_replica = not (steps["replica"].any() or runs["replica"].any())
+    if one_replica and not (np.diff(ss) < 0).any() and not (np.diff(rs) < 0).any():
+        # both already in time order (one replica): a stepped row goes after the run rows
+        # that start strictly before it
+        pos_s = np.arange(len(ss)) + np.searchsorted(rs, ss, side="left")
+    else:
+        order = np.lexsort((np.concatenate([ss, rs]), np.concatenate([steps["replica"], runs["replica"]])))
+        pos = np.empty(len(order), dtype=np.int64)
+        pos[order] = np.arange(len(order))
+        return pos[:len(ss)], pos[len(ss):]
+    taken = np.zeros(len(ss) + len(rs), dtype=bool)
+    taken[pos_s] = True
+    return pos_s, np.flatnonzero(~taken)
+
+
 class Recorder:
     """Collects rows as tuples (cheap) and builds DataFrames at the end."""
 
@@ -117,18 +136,25 @@ class Recorder:
         return df
 
     def iterations_frame(self) -> pd.DataFrame:
-        """Stepped rows and fast-forwarded runs, column by column into numpy arrays, in
-        (replica, start) order (a stable sort: stepped rows first on a tie)."""
+        """Stepped rows and fast-forwarded runs merged in (replica, start) order (stepped rows
+        first on a tie), each column allocated once and the frame built without a copy."""
         rows = self.iterations
         step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
-        runs = self._run_columns() if self._runs else None
-        data = {}
-        for i, c in enumerate(ITERATION_COLUMNS):
-            a = np.array(step_cols[i], dtype=_dtype(c))
-            data[c] = np.concatenate([a, runs[c]]) if runs is not None else a
-        if runs is not None:
-            order = np.lexsort((data["start_s"], data["replica"]))
-            data = {c: v[order] for c, v in data.items()}
-        df = pd.DataFrame(data, columns=ITERATION_COLUMNS)
-        df["kv_usage_frac"] = df["kv_used_blocks"] / self.kv_blocks_total
-        return df
+        steps = {c: np.array(step_cols[i], dtype=_dtype(c)) for i, c in enumerate(ITERATION_COLUMNS)}
+        if not self._runs:
+            data = steps
+            if steps["replica"].any():  # several replicas: group them, each in time order
+                order = np.lexsort((steps["start_s"], steps["replica"]))
+                data = {c: v[order] for c, v in steps.items()}
+        else:
+            runs = self._run_columns()
+            pos_s, pos_r = _merge_positions(steps, runs)
+            n = len(pos_s) + len(pos_r)
+            data = {}
+            for c in ITERATION_COLUMNS:
+                a = np.empty(n, dtype=_dtype(c))
+                a[pos_s] = steps[c]
+                a[pos_r] = runs[c]
+                data[c] = a
+        data["kv_usage_frac"] = data["kv_used_blocks"] / self.kv_blocks_total
+        return pd.DataFrame(data, columns=[*ITERATION_COLUMNS, "kv_usage_frac"], copy=False)
