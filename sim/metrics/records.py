@@ -14,6 +14,8 @@ including static batching's padded rows, which emit no token.
 """
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 import pandas as pd
 
@@ -67,7 +69,8 @@ class Recorder:
         self.extra_itl_s: list[float] = []
         # fast-forwarded decode runs: the per-step columns as flat lists, the columns constant
         # within a run once per run (_RUN_CONST); prefill, preemption and swap columns are zero
-        self._run_steps: dict[str, list] = {c: [] for c in _RUN_STEP_COLUMNS}
+        # typed arrays: numpy reads them without conversion at the end
+        self._run_steps: dict[str, array] = {c: array("q" if c in _INT_COLUMNS else "d") for c in _RUN_STEP_COLUMNS}
         self._runs: list[tuple] = []
         self.num_done = 0
         self.progress = None  # optional callable(num_done)
@@ -111,7 +114,8 @@ class Recorder:
         runs = self._runs
         k = np.array([r[0] for r in runs], dtype=_INT64)
         total = int(k.sum())
-        out = {c: np.array(v, dtype=_dtype(c)) for c, v in self._run_steps.items()}
+        out = {c: np.frombuffer(v, dtype=_dtype(c)) if len(v) else np.zeros(0, _dtype(c))
+               for c, v in self._run_steps.items()}
         for i, c in enumerate(_RUN_CONST, start=1):
             out[c] = np.repeat(np.array([r[i] for r in runs], dtype=_dtype(c)), k)
         # context sum of step j of a run: context_sum + j * n
