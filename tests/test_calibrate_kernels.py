@@ -44,6 +44,32 @@ def test_gemm_grid_covers_models():
     assert len(g) == len(set(g))
 
 
+def test_gemm_grid_has_both_ends_of_every_triton_segment():
+    for dtype, grid in (("bf16", grids.gemm_grid()), ("fp8", grids.gemm_fp8_grid())):
+        for layer, k, n in grids.gemm_kn_pairs():
+            ms = {m for m, nn, kk in grid if (nn, kk) == (n, k)}
+            max_m = grids.LM_HEAD_MAX_M if layer == "lm_head" else grids.GEMM_MAX_M
+            assert grids.gemm_break_ms(n, dtype, grids.DEFAULT_NUM_SMS, max_m) <= ms
+            breaks = grids.triton_gemm_breaks(n, dtype, grids.DEFAULT_NUM_SMS)
+            # inside a segment the kernel keeps one tile config; up to WAVE_BREAKS_MAX_WAVES waves,
+            # one wave count too (what the fit's flat segment ends rely on)
+            for lo, hi in zip([0] + breaks[:-1], breaks):
+                w = [grids.triton_gemm_waves(m, n, dtype, grids.DEFAULT_NUM_SMS) for m in (lo + 1, hi)]
+                assert w[0] == w[1] or w[0] > grids.WAVE_BREAKS_MAX_WAVES or w[1] > grids.WAVE_BREAKS_MAX_WAVES
+    assert not set(grids.GEMM_M_EXTRA) & set(grids.GEMM_M_HELDOUT)
+
+
+def test_attention_grids_hold_their_heldout_shapes():
+    assert set(grids.PREFILL_HELDOUT) <= set(grids.PREFILL_SHAPES)
+    assert len(set(grids.PREFILL_SHAPES)) == len(grids.PREFILL_SHAPES)
+    pts = grids.decode_grid()
+    assert len(set(pts)) == len(pts)
+    for h, kvh, d in grids.HEAD_CONFIGS:
+        mine = {(b, c) for hh, kk, dd, b, c in pts if (hh, kk, dd) == (h, kvh, d)}
+        assert set(grids.DECODE_HELDOUT) <= mine
+        assert {(3, 128), (384, 128), (1, 24576), (512, 192)} <= mine
+
+
 def test_decode_grid_kv_limit_and_prefill_flops():
     for h, kvh, d, b, c in grids.decode_grid():
         assert grids.decode_kv_bytes(b, c, kvh, d) <= grids.DECODE_KV_LIMIT_BYTES
