@@ -175,8 +175,9 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
                       float(d["bw"].iloc[0]), d["time_s"].to_numpy())
     train, held = g[~g["heldout"]], g[g["heldout"]]
     meta: dict[str, Any] = {"points": int(len(g)), "held_out_points": int(len(held))}
+    facts = _kernel_facts(kind, backend)
     if len(held) and len(train) >= 6:
-        p_tr = fit_curve(*cols(train), prior, launch_s)
+        p_tr = dict(fit_curve(*cols(train), prior, launch_s), **facts)
         f, b, pk, bw, t = cols(held)
         curve = predict(p_tr, f, b, pk, bw)
         pred_held = predict_rows(kind, p_tr, build_tables(kind, backend, train, p_tr), held)
@@ -196,7 +197,7 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
         meta["curve_only_heldout_p90_abs_pct_err"] = round(float(np.percentile(err_curve, 90)), 2)
     else:
         meta["heldout_note"] = "too few points for a held-out split"
-    p = fit_curve(*cols(g), prior, launch_s)
+    p = dict(fit_curve(*cols(g), prior, launch_s), **facts)
     p["shape_tables"] = build_tables(kind, backend, g, p)
     st = p.pop("_stats")
     allerr = _abs_pct(predict_rows(kind, p, p["shape_tables"], g), g["time_s"].to_numpy())
@@ -230,8 +231,18 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     return p, meta, samples
 
 
+def _kernel_facts(kind: str, backend: str) -> dict:
+    """What is known of a backend's kernels rather than fitted: the Triton GEMM's fixed tile
+    configs per M class (calibrate/kernels/gemm.py), which its table base charges in whole waves."""
+    if kind == "gemm" and backend == "triton":
+        return {"gemm_tiles": grids.triton_gemm_tiles_yaml()}
+    return {}
+
+
 def _curve_yaml(p: Mapping, meta: Mapping) -> dict:
     d = {k: p[k] for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s")}
+    if p.get("gemm_tiles"):
+        d["gemm_tiles"] = p["gemm_tiles"]
     if p["corr_log2_x"]:
         d["correction"] = {"log2_x": list(p["corr_log2_x"]), "factor": list(p["corr_factor"])}
     d["fit"] = dict(meta)
@@ -299,6 +310,7 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
                         backends_out[be][kind].setdefault("shape_tables", []).extend(tabs)
                         q, m2, _ = _fit_group(kind, other, prior, launch_s, be)
                         q.pop("shape_tables", None)
+                        q.pop("gemm_tiles", None)
                         m2 = {k: v for k, v in m2.items() if not k.startswith("heldout") and k != "meets_targets"}
                         extra.setdefault(f"gemm_{dt}", {})[be] = {
                             "note": f"one curve per op kind: {dt} GEMMs are priced with the {PRIMARY_DTYPE} curve "

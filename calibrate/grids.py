@@ -60,6 +60,12 @@ TRITON_GEMM_M_BREAKS = {"bf16": (16, 64, 256), "fp8": (64, 256)}
 # (last M of the class, BLOCK_M, BLOCK_N) per class, as in calibrate/kernels/gemm.py:_config
 TRITON_GEMM_TILES = {"bf16": ((16, 16, 64), (64, 64, 64), (256, 128, 128), (1 << 62, 128, 256)),
                      "fp8": ((64, 64, 64), (256, 128, 128), (1 << 62, 128, 256))}
+def triton_gemm_tiles_yaml() -> dict[str, list[dict]]:
+    """TRITON_GEMM_TILES as a profile's ``gemm_tiles`` (sim.hardware: the last class unbounded)."""
+    return {dt: [({"up_to_m": last} if last < (1 << 62) else {}) | {"block_m": bm, "block_n": bn}
+                 for last, bm, bn in classes] for dt, classes in TRITON_GEMM_TILES.items()}
+
+
 WAVE_BREAKS_MAX_WAVES = 4  # past a few waves, quantization costs little
 
 

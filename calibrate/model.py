@@ -12,8 +12,8 @@ import pandas as pd
 
 from calibrate import grids
 from calibrate.measurements import make_op
-from sim.cost.ops import CHAIN_ROOF_BACKENDS, Gemm, chain_ns
-from sim.hardware import TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table
+from sim.cost.ops import CHAIN_ROOF_BACKENDS, Gemm, chain_ns, gemm_wave_flops
+from sim.hardware import TABLE_AXES, TABLE_BASE, TABLE_KEYS, _parse_table, _parse_tiles
 
 
 def _sig(v: float, n: int = 6) -> float:
@@ -63,12 +63,30 @@ def _table_x(kind: str, g: pd.DataFrame) -> np.ndarray:
     return np.maximum(g["ideal_ns"].to_numpy(float), chain_ns_rows(kind, g))
 
 
+def wave_flops_rows(p: Mapping, g: pd.DataFrame) -> np.ndarray | None:
+    """Each GEMM row's FLOPs in whole waves of tiles (sim.cost.ops.gemm_wave_flops) where ``p``
+    has the kernel's tile configs (``gemm_tiles``) for the row's dtype, else its FLOPs; None
+    without tile configs."""
+    if not p.get("gemm_tiles"):
+        return None
+    tiles = _parse_tiles(p["gemm_tiles"], "gemm_tiles", "<fit>")
+    out = g["flops_"].to_numpy(float).copy()
+    for i, (m, n, k, dt, ns) in enumerate(zip(g["m"], g["n"], g["k"], g["dtype"], g["num_sms"])):
+        if dt in tiles:
+            out[i] = gemm_wave_flops(tiles[dt], int(m), int(n), int(k), int(ns))
+    return out
+
+
 def _table_base(kind: str, p: Mapping, g: pd.DataFrame) -> np.ndarray:
     """What a shape table's ratio multiplies (as sim.cost.ops.affine_roofline_s): the affine
-    roofline + launch, or the corrected curve (for a CHAIN_ROOF_BACKENDS prefill, the roofline
-    with the serial chain at compute_frac as a third roof) + launch."""
+    roofline + launch (for a GEMM kernel with fixed tiles, its compute roof in whole waves), or
+    the corrected curve (for a CHAIN_ROOF_BACKENDS prefill, the roofline with the serial chain
+    at compute_frac as a third roof) + launch."""
     args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]))
     if TABLE_BASE[kind] != "curve":
+        wf = wave_flops_rows(p, g) if kind == "gemm" else None
+        if wf is not None:
+            return predict(p, wf, *args[1:], corr=False)
         return predict(p, *args, corr=False)
     t = predict(p, *args, corr=False) - p["launch_s"]
     corr = (predict(p, *args) - p["launch_s"]) / t
@@ -152,9 +170,12 @@ def _flat_segment_ends(row: dict[float, list[float]], r0, p: Mapping, n: int, k:
 
 
 def _gemm_base(p: Mapping, r0, m: int, n: int, k: int, dtype: str) -> float:
-    """The affine roofline + launch (a GEMM table's base) at (m, n, k), peaks as in row r0."""
+    """A GEMM table's base (_table_base) at (m, n, k), peaks and SM count as in row r0."""
     op = Gemm(m, n, k, dtype)
-    return float(predict(p, [op.flops()], [op.bytes()], [float(r0["peak"])], float(r0["bw"]), corr=False)[0])
+    g = pd.DataFrame({"m": [m], "n": [n], "k": [k], "dtype": [dtype], "num_sms": [int(r0["num_sms"])],
+                      "flops_": [op.flops()], "bytes_": [op.bytes()], "peak": [float(r0["peak"])],
+                      "bw": [float(r0["bw"])]})
+    return float(_table_base("gemm", p, g)[0])
 
 
 def table_factors(kind: str, g: pd.DataFrame, tables: list[dict]) -> np.ndarray:

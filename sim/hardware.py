@@ -119,6 +119,10 @@ class OpEfficiency:
     corr_log2_x: tuple[float, ...] = ()
     corr_factor: tuple[float, ...] = ()
     tables: tuple[ShapeTable, ...] = ()
+    # GEMM kernels with fixed tile configs (the Triton GEMM): per dtype, ((last M, BLOCK_M,
+    # BLOCK_N), ...) by increasing M class, the last class unbounded (last M = inf); a shape
+    # table's base then charges whole waves of tiles (sim.cost.ops.gemm_wave_flops)
+    gemm_tiles: Mapping[str, tuple[tuple[float, int, int], ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "_tables", {t.key: t for t in self.tables})
@@ -189,7 +193,36 @@ class HardwareProfile:
 _REQUIRED = ("name", "display_name", "memory_bytes", "memory_bandwidth_bytes_per_s", "peak_flops_per_s",
              "l2_bytes", "num_sms", "nvlink_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s")
 _EFF_KEYS = {"compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", "correction", "fit",
-             "shape_tables"}
+             "shape_tables", "gemm_tiles"}
+
+
+def _parse_tiles(d, key: str, src: str) -> dict[str, tuple[tuple[float, int, int], ...]]:
+    """``{dtype: [{up_to_m: 16, block_m: 16, block_n: 64}, ..., {block_m: 128, block_n: 256}]}``:
+    the tile config per M class (increasing ``up_to_m``; the last class has none: unbounded)."""
+    if not isinstance(d, Mapping) or not d:
+        raise ConfigError(key, "expected a mapping dtype -> list of tile classes", src)
+    out = {}
+    for dt, classes in d.items():
+        k = f"{key}.{dt}"
+        if not isinstance(classes, list) or not classes:
+            raise ConfigError(k, "expected a non-empty list of tile classes", src)
+        rows, prev = [], 0.0
+        for j, c in enumerate(classes):
+            ck, last = f"{k}[{j}]", j == len(classes) - 1
+            want = {"block_m", "block_n"} | (set() if last else {"up_to_m"})
+            if not isinstance(c, Mapping) or set(c) != want:
+                raise ConfigError(ck, f"expected the keys {sorted(want)}"
+                                  + (" (the last class is unbounded: no up_to_m)" if last else ""), src)
+            vals = [c[n] for n in sorted(want)]
+            if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in vals):
+                raise ConfigError(ck, "expected positive integers", src)
+            up = math.inf if last else float(c["up_to_m"])
+            if up <= prev:
+                raise ConfigError(f"{ck}.up_to_m", "expected increasing M classes", src)
+            rows.append((up, int(c["block_m"]), int(c["block_n"])))
+            prev = up
+        out[str(dt)] = tuple(rows)
+    return out
 
 
 def _log2_list(v, key: str, src: str) -> tuple[float, ...]:
@@ -257,6 +290,10 @@ def _parse_eff(d: Mapping, key: str, src: str, op: str = "gemm") -> OpEfficiency
         if not isinstance(tabs, list):
             raise ConfigError(f"{key}.shape_tables", "expected a list", src)
         kw["tables"] = tuple(_parse_table(t, op, f"{key}.shape_tables[{i}]", src) for i, t in enumerate(tabs))
+    if "gemm_tiles" in d:
+        if op != "gemm":
+            raise ConfigError(f"{key}.gemm_tiles", "only a gemm curve has tile configs", src)
+        kw["gemm_tiles"] = _parse_tiles(d["gemm_tiles"], f"{key}.gemm_tiles", src)
     return OpEfficiency(**kw)
 
 

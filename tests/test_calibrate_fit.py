@@ -21,8 +21,9 @@ from calibrate import grids
 from calibrate.fit import FitError, fit_profile
 from calibrate.measurements import make_op, read_measurements
 from sim.cli import app
-from sim.cost.ops import CHAIN_ROOF_BACKENDS, affine_roofline_s, chain_ns, op_time, prefill_chain_flops
-from sim.hardware import OpEfficiency, dump_profile, load_hardware
+from sim.cost.ops import (CHAIN_ROOF_BACKENDS, affine_roofline_s, chain_ns, gemm_wave_flops, op_time,
+                          prefill_chain_flops)
+from sim.hardware import OpEfficiency, _parse_tiles, dump_profile, load_hardware
 from tests.conftest import ROOT
 
 runner = CliRunner()
@@ -46,11 +47,16 @@ def write_synthetic(out, seed=0, noise=NOISE):
     rngs = {kind: np.random.default_rng([seed, i]) for i, kind in enumerate(TRUE)}
     out.mkdir(parents=True, exist_ok=True)
 
-    def t(kind, f, b, dt, be, chain_flops=0.0):
+    tiles = _parse_tiles(grids.triton_gemm_tiles_yaml(), "gemm_tiles", "<test>")
+
+    def t(kind, f, b, dt, be, chain_flops=0.0, mnk=None):
         s = affine_roofline_s(hw, kind, f, b, dt, be)[0]
+        e = hw.op_efficiency(kind, be)
         if be in CHAIN_ROOF_BACKENDS and chain_flops:  # the serial chain as a third roof (as the fit models it)
-            e = hw.op_efficiency(kind, be)
             s = max(s, chain_ns(chain_flops, hw.peak_flops(dt), hw.num_sms) * 1e-9 / e.compute_frac + e.launch_s)
+        if be == "triton" and mnk:  # the Triton GEMM's compute roof in whole waves of tiles (as the fit models it)
+            fw = gemm_wave_flops(tiles[dt], *mnk, hw.num_sms)
+            s = max(s, (fw + e.fixed_flops) / (hw.peak_flops(dt) * e.compute_frac) + e.launch_s)
         return f"{s * float(np.exp(rngs[kind].normal(0, noise))):.6e}"
 
     def table(kind, rows):
@@ -65,7 +71,7 @@ def write_synthetic(out, seed=0, noise=NOISE):
         for _, k, n in kn:
             for m in (ms if dt == "bf16" else grids.GEMM_M_MAIN[::2]):
                 f, b = grids.gemm_flops_bytes(m, n, k, 2 if dt == "bf16" else 1, 2)
-                rows += [["gemm", be, dt, m, n, k, t("gemm", f, b, dt, be), f, b] for be in TRUE_BE]
+                rows += [["gemm", be, dt, m, n, k, t("gemm", f, b, dt, be, mnk=(m, n, k)), f, b] for be in TRUE_BE]
     table("gemm", rows)
     rows = []
     for h, kvh, d in grids.HEAD_CONFIGS[:2]:
@@ -116,6 +122,11 @@ def test_fit_recovers_known_parameters(synth):
             assert got[kind][key] == pytest.approx(ops[kind][key], rel=0.03), (be, kind, key)
         for kind, key in (("gemm", "fixed_flops"), ("gemm", "fixed_bytes"), ("attn_prefill", "fixed_flops"),
                           ("attn_decode", "fixed_bytes"), ("elementwise", "fixed_bytes")):
+            if (be, kind, key) == ("triton", "gemm", "fixed_flops"):
+                # the curve counts 2mnk; the Triton GEMM's wave padding (whole waves of tiles, which
+                # only its tables' base charges) shows in the curve as more fixed work
+                assert got[kind][key] > ops[kind][key]
+                continue
             assert got[kind][key] == pytest.approx(ops[kind][key], rel=0.3), (be, kind, key)
         for kind in TRUE:
             assert got[kind]["launch_s"] == pytest.approx(LAUNCH)

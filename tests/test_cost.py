@@ -165,3 +165,24 @@ def test_decode_attention_is_op_time_of_mean_context(num, context, hw_name, back
     m = M8
     ref = m.num_layers * op_time(hw, AttnDecode(num, context, m.num_heads, m.num_kv_heads, m.head_dim, c.dtype), backend)
     assert c._attn_decode(num, num * context) == pytest.approx(ref, rel=1e-9)
+
+
+def test_gemm_tiles_parsed_strictly_and_charge_whole_waves():
+    from sim.cost.ops import gemm_wave_flops
+    base = {"name": "x", "display_name": "x", "memory_bytes": 1e10, "memory_bandwidth_bytes_per_s": 1e12,
+            "peak_flops_per_s": {"bf16": 1e14}, "l2_bytes": 1e6, "num_sms": 10, "nvlink_bandwidth_bytes_per_s": 0,
+            "pcie_bandwidth_bytes_per_s": 1e10}
+    tiles = {"bf16": [{"up_to_m": 16, "block_m": 16, "block_n": 64}, {"block_m": 128, "block_n": 256}]}
+    h = profile_from_dict({**base, "efficiency": {"backends": {"triton": {"gemm": {"gemm_tiles": tiles}}}}})
+    t = h.op_efficiency("gemm", "triton").gemm_tiles["bf16"]
+    assert t[0] == (16, 16, 64) and t[1][1:] == (128, 256)
+    # 17 <= m <= 128: one tile row; n = 2560: 10 tiles = one wave of 10 SMs; n = 2561: two waves
+    assert gemm_wave_flops(t, 100, 2560, 64, 10) == 2.0 * 10 * 128 * 256 * 64
+    assert gemm_wave_flops(t, 129, 2561, 64, 10) == 2.0 * 30 * 128 * 256 * 64
+    for bad, where in (({"bf16": [{"block_m": 16, "block_n": 64}, {"block_m": 1, "block_n": 1}]}, "gemm_tiles.bf16[0]"),
+                       ({"bf16": [{"up_to_m": 16, "block_m": 16, "block_n": 64, "x": 1}]}, "gemm_tiles.bf16[0]"),
+                       ({"bf16": []}, "gemm_tiles.bf16")):
+        with pytest.raises(Exception, match=where.replace("[", r"\[").replace("]", r"\]")):
+            profile_from_dict({**base, "efficiency": {"backends": {"triton": {"gemm": {"gemm_tiles": bad}}}}})
+    with pytest.raises(Exception, match="attn_decode.gemm_tiles"):
+        profile_from_dict({**base, "efficiency": {"backends": {"triton": {"attn_decode": {"gemm_tiles": tiles}}}}})

@@ -162,6 +162,19 @@ def chain_ns(chain_flops: float, peak: float, num_sms: int) -> float:
     return chain_flops * num_sms / peak * 1e9
 
 
+def gemm_wave_flops(tiles: tuple[tuple[float, int, int], ...], m: int, n: int, k: int, num_sms: int) -> float:
+    """FLOPs of the whole waves of tiles a fixed-config GEMM kernel launches for (m, n, k):
+    ``tiles`` ((last M, BLOCK_M, BLOCK_N), ...) by M class (sim.hardware.OpEfficiency.gemm_tiles).
+    Every CTA computes a full BLOCK_M x BLOCK_N tile over the whole K loop and a wave keeps all
+    ``num_sms`` SMs busy, so the launch takes as long as ceil(CTAs / SMs) full waves: its time is
+    flat in M within a wave count and steps at each new wave (lm_head: ~10-20 waves at M 256-512)."""
+    for last_m, bm, bn in tiles:
+        if m <= last_m:
+            ctas = -(-m // bm) * -(-n // bn)
+            return 2.0 * (-(-ctas // num_sms) * num_sms) * bm * bn * k
+    raise ValueError(f"no tile class for m={m}")
+
+
 # backends whose prefill kernel's program structure is known exactly (calibrate/kernels/
 # attn_prefill.py: one program per (query block, head, sequence), no split over the context);
 # their shape tables scale max(curve, chain roof), the others' the curve alone
@@ -193,6 +206,12 @@ def affine_roofline_s(hw: HardwareProfile, kind: str, flops: float, bytes_: floa
         f = eff.table_factor(op.table_key(), op.table_coords(x_ns))
         if f is not None:  # a measured shape family: its table scales the roofline or the curve
             if TABLE_BASE[kind] == "roofline":
+                tiles = eff.gemm_tiles.get(dtype) if eff.gemm_tiles else None
+                if tiles:  # a fixed-tile GEMM kernel: the compute roof in whole waves of tiles
+                    tq = (gemm_wave_flops(tiles, op.m, op.n, op.k, hw.num_sms) + eff.fixed_flops) / (
+                        peak * eff.compute_frac)
+                    tb = tq if tq > t_m else t_m
+                    return (tb + eff.launch_s) * f, t_c, t_m
                 return (t + eff.launch_s) * f, t_c, t_m
             return (tb * eff.correction(ideal_ns) + eff.launch_s) * f, t_c, t_m
     return t * eff.correction(ideal_ns) + eff.launch_s, t_c, t_m

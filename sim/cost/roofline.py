@@ -17,7 +17,7 @@ import math
 
 from sim.cost.base import BatchShape, StepTime, cost_models
 from sim.cost.decode_price import DecodePriceMixin
-from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, Elementwise, Gemm, chain_ns,
+from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, Elementwise, Gemm, chain_ns, gemm_wave_flops,
                           prefill_chain_flops)
 from sim.hardware import TABLE_BASE, HardwareProfile
 from sim.model_spec import DTYPE_BYTES, ModelSpec
@@ -101,6 +101,11 @@ class RooflineCost(DecodePriceMixin):
         ideal_ns = max(flops / peak, bytes_ / bw) * 1e9
         tab = tabs.get(op.table_key()) if tabs else None
         if tab is not None:  # TABLE_BASE of gemm and elementwise: roofline + launch
+            tiles = eff.gemm_tiles.get(op.dtype) if op.kind == "gemm" and eff.gemm_tiles else None
+            if tiles:  # fixed-tile GEMM kernel: compute roof in whole waves (ops.gemm_wave_flops)
+                tq = (gemm_wave_flops(tiles, op.m, op.n, op.k, self.hw.num_sms) + eff.fixed_flops) / (
+                    peak * eff.compute_frac)
+                t = tq if tq > t_m else t_m
             return (t + eff.launch_s) * math.exp(tab.log_factor(op.table_coords(ideal_ns)))
         return t * eff.correction(ideal_ns) + eff.launch_s
 
@@ -130,8 +135,12 @@ class RooflineCost(DecodePriceMixin):
             row = tab._row
         corr, log2, exp = eff.correction, math.log2, math.exp
         b = DTYPE_BYTES[op.dtype]
+        tiles = None
         if op.kind == "gemm":
             n, k, out_b = op.n, op.k, (2 if b < 2 else b)
+            if tab is not None and eff.gemm_tiles:
+                tiles = eff.gemm_tiles.get(op.dtype)
+            num_sms = self.hw.num_sms
 
             def work(m):
                 return 2.0 * m * n * k, (m * k + k * n) * b + m * n * out_b
@@ -148,6 +157,9 @@ class RooflineCost(DecodePriceMixin):
             t_m = (bytes_ + fb) / pbw
             t = t_c if t_c > t_m else t_m
             if tab is not None:
+                if tiles:  # fixed-tile GEMM kernel: compute roof in whole waves (ops.gemm_wave_flops)
+                    tq = (gemm_wave_flops(tiles, m, n, k, num_sms) + ff) / pc
+                    t = tq if tq > t_m else t_m
                 lf = row(0, log2(m)) if row is not None else tab.log_factor((log2(m),))
                 return (t + launch) * exp(lf)
             a, c = flops / peak, bytes_ / bw
