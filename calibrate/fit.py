@@ -13,11 +13,16 @@ fits corr's factors (knots every 2 in log2 x over the data) on the stage-1 resid
 smoothness penalty and a weak pull towards 1.  Stage 3 tabulates, per shape family (a GEMM's
 (n, k), an attention head configuration with or without prior context, an elementwise op at
 one width), the ratio measured / curve at each measured size; predictions interpolate it in
-log-log space (sim.hardware.ShapeTable), never across a Triton GEMM tile-class break.  A prefill
-table runs along max(ideal time, ideal time of the serial chain: one 128-query program over the
-whole context at 1/num_sms of the peak), so chain-bound launches (chunked prefill, few query
-blocks) sit with launches of the same makespan; for the Triton kernel, whose program structure
-is known exactly, that chain at compute_frac is also a third roof of the base the table scales
+log-log space (sim.hardware.ShapeTable), never across a Triton GEMM tile-class break.  A Triton
+GEMM table's base charges the compute roof in whole waves of the kernel's fixed tiles
+(ceil(CTAs / SMs) x SMs x 2 BLOCK_M BLOCK_N K FLOPs, sim.cost.ops.gemm_wave_flops): the time is
+flat in M within a wave count, so the ratio to that base is smooth in M.  A prefill table has one
+row per batch (sequences in the varlen launch: the kernel's grid is (query blocks, heads,
+sequences), so at one total work the time depends on how it splits into sequences) and runs
+along max(ideal time, ideal time of the serial chain: one 128-query program over the whole
+context at 1/num_sms of the peak), so chain-bound launches (chunked prefill, few query blocks)
+sit with launches of the same makespan; for the Triton kernel, whose program structure is known
+exactly, that chain at compute_frac is also a third roof of the base the table scales
 (sim.cost.ops.affine_roofline_s).  Held-out protocol: a point is held out if the
 grid marks it (odd GEMM M values, prefill/decode shapes in calibrate.grids) or if a hash of
 its shape is 0 mod 4; the fit on the rest predicts it, giving median and p90 absolute percent
@@ -358,8 +363,10 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
         "model": ("t = max((F+F0)/(P*compute_frac), (B+B0)/(W*bandwidth_frac)) * corr(log2 ideal_ns) "
                   "+ launch_s for a shape family without a table; (max(...) + launch_s) * table(family, size) "
                   "for one with a table (measured / affine-roofline ratios interpolated in log-log space); prefill "
-                  "tables run along max(ideal_ns, serial-chain ideal_ns) and, for triton, take the chain "
-                  "as a third roof (sim.cost.ops.affine_roofline_s)"),
+                  "tables have a row per batch (sequences in the varlen launch) along max(ideal_ns, "
+                  "serial-chain ideal_ns) and, for triton, take the chain as a third roof; triton GEMM "
+                  "tables charge the compute roof in whole waves of the kernel's tiles (gemm_tiles; "
+                  "sim.cost.ops.affine_roofline_s)"),
         "heldout_protocol": (f"held out: grid-marked shapes (GEMM M in {grids.GEMM_M_HELDOUT}, prefill "
                              f"(2,3000,3000) and (1,1000,6000), decode (batch,context) in {grids.DECODE_HELDOUT}) "
                              f"plus sha1(shape) % {HOLDOUT_MOD} == 0; fit on the rest, predict held out; "

@@ -41,7 +41,7 @@ TABLE_KEYS = {"gemm": ("n", "k", "dtype"), "attn_prefill": ("heads", "kv_heads",
 # elementwise ops, whose tables run along the token count, where the roofline is already linear)
 # or the corrected curve ("curve": attention, whose families mix shapes of one total work)
 TABLE_BASE = {"gemm": "roofline", "elementwise": "roofline", "attn_prefill": "curve", "attn_decode": "curve"}
-TABLE_AXES = {"gemm": ("m",), "attn_prefill": ("ideal_ns",), "attn_decode": ("batch", "context"),
+TABLE_AXES = {"gemm": ("m",), "attn_prefill": ("batch", "ideal_ns"), "attn_decode": ("batch", "context"),
               "elementwise": ("tokens",)}
 
 

@@ -133,7 +133,8 @@ def test_family_functions_price_ops_exactly_as_op_time(tokens, hw_name, backend)
        st.sampled_from(["h100_sxm", "h200_sxm", "l40s"]), st.sampled_from(["vendor", "triton"]))
 def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, backend):
     """The step's prefill attention equals affine_roofline_s over the chunks' summed AttnPrefill
-    FLOPs and bytes, with the family key and serial chain of the longest chunk (bit for bit)."""
+    FLOPs and bytes, with the family key, the serial chain of the longest chunk and the number of
+    chunks as the table's batch (bit for bit)."""
     from sim.cost.ops import AttnPrefill, affine_roofline_s, prefill_chain_flops
     from sim.cost.roofline import _Family
     hw = _hw(hw_name)
@@ -147,7 +148,7 @@ def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, 
         flops += op.flops()
         bytes_ += op.bytes()
     fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), c.dtype),
-                  prefill_chain_flops(m.head_dim, max(o.seq_kv for o in ops)))
+                  prefill_chain_flops(m.head_dim, max(o.seq_kv for o in ops)), len(ops))
     ref = m.num_layers * affine_roofline_s(hw, "attn_prefill", flops, bytes_, c.dtype, backend, fam)[0]
     assert c._attn_prefill(chunks) == ref
 

@@ -79,7 +79,7 @@ class AttnPrefill:
         return prefill_chain_flops(self.head_dim, self.seq_kv)
 
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
-        return (math.log2(ideal_ns),)
+        return (math.log2(self.batch), math.log2(ideal_ns))
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ _CACHE_LIMIT = 65536
 class _Family:
     """A shape family key standing in for an op (the prefill chunks of a step are one launch)."""
 
-    __slots__ = ("key", "chain")
+    __slots__ = ("key", "chain", "batch")
 
-    def __init__(self, key: tuple, chain: float):
+    def __init__(self, key: tuple, chain: float, batch: int):
         self.key = key
         self.chain = chain
+        self.batch = batch
 
     def table_key(self) -> tuple:
         return self.key
@@ -41,7 +42,7 @@ class _Family:
         return self.chain
 
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
-        return (math.log2(ideal_ns),)
+        return (math.log2(self.batch), math.log2(ideal_ns))
 
 
 @cost_models.register("roofline")
@@ -209,7 +210,8 @@ class RooflineCost(DecodePriceMixin):
     def _attn_prefill(self, chunks: list[tuple[int, int]]) -> float:
         """All prefill chunks of a step as one varlen launch (as flash-attention varlen runs them):
         the summed FLOPs and bytes of each chunk's AttnPrefill(1, new, prior + new), priced by
-        ``affine_roofline_s`` with the chunk family's table, its constants hoisted (same seconds)."""
+        ``affine_roofline_s`` with the chunk family's table at (batch = number of chunks, size of
+        the summed work / longest chunk's chain), its constants hoisted (same seconds)."""
         c4, qo, kvb = self._pf_consts
         flops = bytes_ = 0.0
         longest = 0
@@ -222,7 +224,7 @@ class RooflineCost(DecodePriceMixin):
                 chunked = 1
             flops += c4 * (1 * (new * prior + new * (new + 1) / 2.0))
             bytes_ += qo * new + kvb * seq_kv
-        return self._pf_fns[chunked](flops, bytes_, longest)
+        return self._pf_fns[chunked](flops, bytes_, longest, len(chunks))
 
     def _prefill_fn(self, chunked: int):
         """``affine_roofline_s(hw, "attn_prefill", flops, bytes_, dtype, backend, family)`` for the
@@ -239,7 +241,7 @@ class RooflineCost(DecodePriceMixin):
         chain_roof = self.backend in CHAIN_ROOF_BACKENDS
         corr, log2, exp, hd = eff.correction, math.log2, math.exp, m.head_dim
 
-        def g(flops: float, bytes_: float, longest: int) -> float:
+        def g(flops: float, bytes_: float, longest: int, batch: int) -> float:
             t_c = (flops + ff) / pc if flops > 0 else 0.0
             t_m = (bytes_ + fb) / pbw
             a, c = flops / peak, bytes_ / bw
@@ -255,7 +257,7 @@ class RooflineCost(DecodePriceMixin):
                 tc = c_ns * 1e-9 / cfrac
                 if tc > tb:
                     tb = tc
-            return L * ((tb * corr(ideal_ns) + launch) * exp(tab.log_factor((log2(x_ns),))))
+            return L * ((tb * corr(ideal_ns) + launch) * exp(tab.log_factor((log2(batch), log2(x_ns)))))
         return g
 
     def _attn_decode(self, num: int, context_sum: int) -> float:
