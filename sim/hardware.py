@@ -13,7 +13,8 @@ A calibrated profile adds *shape tables*: for each measured shape family (a GEMM
 attention head configuration, an elementwise op at one width) the ratio measured / (affine
 roofline + launch) at each measured size, interpolated in log-log space between measured
 sizes (never across a kernel's tile-class or wave break) and clamped beyond them; an op of a
-family with a table costs (max(...) + launch_s) x ratio, any other op the formula above. Uncalibrated profiles carry documented defaults (``efficiency.source``).
+family with a table costs (max(...) + launch_s) x ratio (for a GEMM kernel with fixed tiles,
+``gemm_tiles``, the compute roof in whole waves of tiles), any other op the formula above. Uncalibrated profiles carry documented defaults (``efficiency.source``).
 
 Ignores: clock throttling, power limits, ECC, MIG partitions.
 """
