@@ -146,21 +146,21 @@ def gemm_fp8_grid(quick: bool = False, num_sms: int = DEFAULT_NUM_SMS) -> list[t
 HEAD_CONFIGS = [(32, 8, 128), (64, 8, 128), (28, 4, 128), (14, 2, 64)]
 
 # prefill: (batch, seq_q, seq_kv); seq_kv = total context incl. the new tokens.  Lengths on a
-# half-octave grid for batch 1, octaves for batches of several prompts, and chunked prefill
-# (seq_q < seq_kv) over chunk x context pairs; (2, 3000, 3000) and (1, 1000, 6000) are held out.
+# half-octave grid (1.5 x 2^k between the powers of two) for one prompt and for batches of 2-16
+# prompts (up to 32k tokens in the launch), and chunked prefill (seq_q < seq_kv) over chunk x
+# half-octave context pairs, for one sequence and for a few batches of chunks; the fit keeps a
+# table row per batch, so each row needs its own dense grid.  (2, 3000, 3000) and
+# (1, 1000, 6000) are held out.
 PREFILL_HELDOUT = [(2, 3000, 3000), (1, 1000, 6000)]
+PREFILL_HALF_OCTAVE = [128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
+                       12288, 16384, 24576, 32768]
+PREFILL_MAX_BATCH_TOKENS = 32768
 PREFILL_SHAPES = (
-    [(1, s, s) for s in [128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
-                         12288, 16384, 24576, 32768]]
-    + [(2, s, s) for s in [256, 512, 1024, 2048, 4096]]
-    + [(4, s, s) for s in [128, 256, 512, 1024, 2048]]
-    + [(8, s, s) for s in [128, 256, 512, 1024]]
-    + [(16, s, s) for s in [128, 256]]
-    + [(1, q, kv) for q, kvs in [(256, [1024, 4096, 16384]), (512, [2048, 4096, 8192, 16384, 32768]),
-                                 (1024, [2048, 4096, 8192, 16384, 32768]),
-                                 (2048, [4096, 8192, 16384, 32768]), (4096, [8192, 16384, 32768])]
-       for kv in kvs]
-    + [(2, 512, 4096), (4, 512, 2048), (4, 256, 1024), (8, 256, 1024)]
+    [(b, s, s) for b in (1, 2, 4, 8, 16) for s in PREFILL_HALF_OCTAVE
+     if b * s <= PREFILL_MAX_BATCH_TOKENS]
+    + [(1, q, kv) for q in (256, 512, 1024, 2048, 4096) for kv in PREFILL_HALF_OCTAVE if kv >= 2 * q]
+    + [(b, q, kv) for b, q in ((2, 512), (4, 256), (4, 512), (8, 256)) for kv in (1024, 2048, 4096, 8192)
+       if kv >= 2 * q]
     + PREFILL_HELDOUT
 )
 PREFILL_SHAPES_QUICK = [(1, 512, 512), (1, 4096, 4096), (4, 256, 256), (1, 512, 2048)]

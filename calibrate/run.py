@@ -7,8 +7,9 @@ Timing (calibrate/timing.py): do_bench's method (median over event-timed calls, 
 zeroed before every timed call so inputs and weights are never L2-resident), with the host kept
 ahead of the GPU.  Prefill and decode attention are timed in several passes over their whole
 grid in shuffled order with fresh inputs each pass (the per-point median is kept; every window
-is in windows.csv).  Each op has a wall-time budget; points past it are skipped and counted in
-provenance.json.
+is in windows.csv); elementwise ops in five such passes (their trimmed mean is kept).  Each op
+has a wall-time budget; points past it are skipped and counted in provenance.json.  A rerun of
+some ops into another folder is merged into a data folder by calibrate.merge.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from . import grids
 from .harness import BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync
 from .kernels import elementwise, gemm
 from .run_attention import time_decode, time_prefill
-from .timing import DEV, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog, bench
+from .timing import (AGGREGATE, DEV, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog,
+                     bench, bench_pass, run_passes)
 
 def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
     bud = Budget("gemm", BUDGET["gemm"])
@@ -129,66 +131,76 @@ def time_launch(w: CsvOut, skips: Skips):
 
 
 def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
+    """Memory-bound ops in PASSES["elementwise"] shuffled passes with fresh inputs per pass; the
+    per-point trimmed mean of the passes is written (calibrate.timing.AGGREGATE: kernels of a
+    few us moved by +-0.4 us with where their inputs were allocated, so one window, or a median
+    of a few, lands on one of two levels)."""
     import torch.nn.functional as F
     bud = Budget("elementwise", BUDGET["elementwise"])
     time_launch(w, skips)
     has_rms = hasattr(F, "rms_norm")
     cs_cache = {}
-    for op, t_, hid in grids.elementwise_grid(quick):
-        if bud.over():
-            skips.add("elementwise_budget")
-            continue
-        flops, byts = grids.elementwise_flops_bytes(op, t_, hid)
-        bf = torch.bfloat16
+    bf = torch.bfloat16
+    points = grids.elementwise_grid(quick)
+
+    def inputs(op, t_, hid):
         if op in ("rmsnorm", "add", "copy"):
             x = torch.randn(t_, hid, device=DEV, dtype=bf)
-            y = torch.randn(t_, hid, device=DEV, dtype=bf)
-            o = torch.empty_like(x)
-            wgt = torch.rand(hid, device=DEV, dtype=bf) + 0.5
-        elif op == "silu_mul":
-            x = torch.randn(t_, 2 * hid, device=DEV, dtype=bf)
-            o = torch.empty(t_, hid, device=DEV, dtype=bf)
-        else:  # rotary
-            h, kvh, d = grids.rotary_head_config(hid)
-            q = torch.randn(t_, h, d, device=DEV, dtype=bf)
-            k = torch.randn(t_, kvh, d, device=DEV, dtype=bf)
-            qo, ko = torch.empty_like(q), torch.empty_like(k)
-            if d not in cs_cache:
-                cs_cache[d] = elementwise.rope_cache(32768, d, device=DEV)
-            cs = cs_cache[d]
-            pos = torch.randint(0, 32768, (t_,), device=DEV, dtype=torch.int32)
-        for be in backends:
-            if op == "copy" and be != "vendor":
-                continue
-            if be == "triton" and not ok_triton:
+            return dict(x=x, y=torch.randn(t_, hid, device=DEV, dtype=bf), o=torch.empty_like(x),
+                        wgt=torch.rand(hid, device=DEV, dtype=bf) + 0.5)
+        if op == "silu_mul":
+            return dict(x=torch.randn(t_, 2 * hid, device=DEV, dtype=bf),
+                        o=torch.empty(t_, hid, device=DEV, dtype=bf))
+        h, kvh, d = grids.rotary_head_config(hid)  # rotary
+        q = torch.randn(t_, h, d, device=DEV, dtype=bf)
+        k = torch.randn(t_, kvh, d, device=DEV, dtype=bf)
+        if d not in cs_cache:
+            cs_cache[d] = elementwise.rope_cache(32768, d, device=DEV)
+        return dict(q=q, k=k, qo=torch.empty_like(q), ko=torch.empty_like(k), cs=cs_cache[d],
+                    pos=torch.randint(0, 32768, (t_,), device=DEV, dtype=torch.int32))
+
+    def kernel(op, be, hid, a):
+        if be == "triton":
+            return {
+                "rmsnorm": lambda: elementwise.rmsnorm(a["x"], a["wgt"], 1e-6, a["o"]),
+                "add": lambda: elementwise.add(a["x"], a["y"], a["o"]),
+                "silu_mul": lambda: elementwise.silu_mul(a["x"], a["o"]),
+                "rotary": lambda: elementwise.rotary(a["q"], a["k"], a["pos"], a["cs"], a["qo"], a["ko"]),
+            }[op]
+        x = a.get("x")
+        if op == "rmsnorm":
+            wgt = a["wgt"]
+            return (lambda: F.rms_norm(x, (hid,), wgt, 1e-6)) if has_rms else \
+                   (lambda: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).to(bf) * wgt)
+        if op == "add":
+            return lambda: torch.add(x, a["y"], out=a["o"])
+        if op == "copy":
+            return lambda: a["o"].copy_(x)
+        if op == "silu_mul":
+            return lambda: F.silu(x[:, :hid]) * x[:, hid:]
+        return lambda: elementwise.rotary_torch(a["q"], a["k"], a["pos"], a["cs"])
+
+    def time_point(pt, p):
+        op, t_, hid = pt
+        a = inputs(op, t_, hid)
+        for be in (list(backends) if p % 2 == 0 else list(reversed(backends))):
+            if (op == "copy" and be != "vendor") or (be == "triton" and not ok_triton):
                 continue
             try:
-                if be == "triton":
-                    fn = {
-                        "rmsnorm": lambda: elementwise.rmsnorm(x, wgt, 1e-6, o),
-                        "add": lambda: elementwise.add(x, y, o),
-                        "silu_mul": lambda: elementwise.silu_mul(x, o),
-                        "rotary": lambda: elementwise.rotary(q, k, pos, cs, qo, ko),
-                    }[op]
-                else:
-                    if op == "rmsnorm":
-                        fn = (lambda: F.rms_norm(x, (hid,), wgt, 1e-6)) if has_rms else \
-                             (lambda: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True)
-                                                               + 1e-6)).to(bf) * wgt)
-                    elif op == "add":
-                        fn = lambda: torch.add(x, y, out=o)  # noqa: E731
-                    elif op == "copy":
-                        fn = lambda: o.copy_(x)  # noqa: E731
-                    elif op == "silu_mul":
-                        fn = lambda: F.silu(x[:, :hid]) * x[:, hid:]  # noqa: E731
-                    else:
-                        fn = lambda: elementwise.rotary_torch(q, k, pos, cs)  # noqa: E731
-                t = bench(fn)
+                t = bench_pass(kernel(op, be, hid, a))
             except Exception as e:  # noqa: BLE001
                 skips.add(f"elementwise_{op}_{be}: {type(e).__name__}: {str(e)[:120]}")
                 continue
-            w.row(op=op, backend=be, dtype="bf16", tokens=t_, hidden=hid, time_s=f"{t:.6e}",
-                  flops=flops, bytes=byts)
+            yield be, t
+
+    got = run_passes("elementwise", points, time_point, bud, skips, windows,
+                     lambda pt: f"op={pt[0]} tokens={pt[1]} hidden={pt[2]}", log)
+    for op, t_, hid in points:
+        flops, byts = grids.elementwise_flops_bytes(op, t_, hid)
+        for be in backends:
+            if be in got.get((op, t_, hid), {}):
+                w.row(op=op, backend=be, dtype="bf16", tokens=t_, hidden=hid,
+                      time_s=f"{got[(op, t_, hid)][be]:.6e}", flops=flops, bytes=byts)
     log(f"[elementwise] done ({time.time() - bud.t0:.0f} s)")
     torch.cuda.empty_cache()
 
@@ -267,7 +279,8 @@ def main(argv=None):
         "timing": {"method": "calibrate.timing.bench: do_bench's median of event-timed calls with 256 MB "
                              "zeroed before each, host kept ahead of the GPU (spin kernel; calls the GPU "
                              "reached before the host had enqueued them dropped)",
-                   **TIMING, "multi_pass_window": dict(PASS_TIMING), "passes": dict(PASSES)},
+                   **TIMING, "multi_pass_window": dict(PASS_TIMING), "passes": dict(PASSES),
+                   "pass_aggregate": dict(AGGREGATE)},
         "quick": args.quick,
         "ops": ops, "backends": backends,
     }

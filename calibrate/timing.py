@@ -23,7 +23,14 @@ PASS_TIMING = {"rep_ms": 10, "max_reps": 50}
 # passes over an op's whole grid (shuffled order, fresh inputs each pass; the per-point median
 # across passes is kept): single-window runs showed isolated 2-4x slow points in decode and
 # prefill on both GPUs, and a 3-window run that reused one point's inputs back to back kept some
-PASSES = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 1}
+PASSES = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 5}
+# how an op's passes are combined per point: the median, or (elementwise) the mean of the passes
+# less the highest and the lowest.  Elementwise kernels of 4-6 us took one of two levels
+# ~0.4 us apart depending on where their inputs were allocated (neighbouring grid points
+# alternated between them on both GPUs, one window per point), so a median of a few passes
+# would still pick one level; the trimmed mean averages them and drops a stray window.
+AGGREGATE = {"gemm": "median", "attn_prefill": "median", "attn_decode": "median",
+             "elementwise": "trimmed_mean"}
 UNSTABLE_RATIO = 1.2        # points whose passes disagree by more (max/min) are counted per op
 SHUFFLE_SEED = 20261123     # pass p visits the grid in random.Random(SHUFFLE_SEED + p) order
 SPIN_CYCLES_PER_S = 2.0e9   # >= the SM clock (1.98 GHz max on H100/H200): a spin lasts >= asked
@@ -81,6 +88,13 @@ def _median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _trimmed_mean(xs: list[float]) -> float:
+    s = sorted(xs)
+    if len(s) >= 4:
+        s = s[1:-1]
+    return sum(s) / len(s)
 
 
 def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float:
@@ -189,7 +203,7 @@ def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, 
     ``time_point(point, pass)`` makes fresh inputs and yields (backend, seconds).  A pass starts
     only if 1.2x the last one (less its first calls, where kernels compile) fits in what is left
     of ``budget`` (so points have equal pass counts); points the budget cuts in the first pass are skipped.  Returns
-    {point: {backend: median seconds}} and records the spread of the passes in SPREAD."""
+    {point: {backend: seconds}} (AGGREGATE[op] of the passes) and records the spread of the passes in SPREAD."""
     n = PASSES[op]
     got: dict = {}
     done = 0
@@ -215,10 +229,11 @@ def run_passes(op: str, points: list[Hashable], time_point: Callable[[Hashable, 
             skips.add(f"{op}_passes_not_run", n - p - 1)
             break
     SPREAD.passes[op] = done
+    agg = _trimmed_mean if AGGREGATE[op] == "trimmed_mean" else _median
     out = {}
     for pt, bes in got.items():
         for be, ts in bes.items():
             if len(ts) > 1:
                 SPREAD.add(op, ts)
-            out.setdefault(pt, {})[be] = _median(ts)
+            out.setdefault(pt, {})[be] = agg(ts)
     return out
