@@ -133,8 +133,9 @@ def test_family_functions_price_ops_exactly_as_op_time(tokens, hw_name, backend)
        st.sampled_from(["h100_sxm", "h200_sxm", "l40s"]), st.sampled_from(["vendor", "triton"]))
 def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, backend):
     """The step's prefill attention equals affine_roofline_s over the chunks' summed AttnPrefill
-    FLOPs and bytes, with the family key, the serial chain of the longest chunk and the number of
-    chunks as the table's batch (bit for bit)."""
+    FLOPs and bytes, with the family key, the serial chain of the longest chunk and the table row
+    of AttnPrefill.table_row: the number of chunks, or of 128-query blocks when some chunk has a
+    prior context (bit for bit)."""
     from sim.cost.ops import AttnPrefill, affine_roofline_s, prefill_chain_flops
     from sim.cost.roofline import _Family
     hw = _hw(hw_name)
@@ -147,8 +148,10 @@ def test_prefill_attention_is_affine_roofline_of_summed_chunks(chunks, hw_name, 
     for op in ops:
         flops += op.flops()
         bytes_ += op.bytes()
-    fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(any(p for _, p in chunks)), c.dtype),
-                  prefill_chain_flops(m.head_dim, max(o.seq_kv for o in ops)), len(ops))
+    chunked = any(p for _, p in chunks)
+    row = sum(-(-new // 128) for new, _ in chunks) if chunked else len(chunks)  # query blocks / chunks
+    fam = _Family((m.num_heads, m.num_kv_heads, m.head_dim, int(chunked), c.dtype),
+                  prefill_chain_flops(m.head_dim, max(o.seq_kv for o in ops)), row)
     ref = m.num_layers * affine_roofline_s(hw, "attn_prefill", flops, bytes_, c.dtype, backend, fam)[0]
     assert c._attn_prefill(chunks) == ref
 

@@ -78,8 +78,16 @@ class AttnPrefill:
         """FLOPs of the longest serial chain: one query block over the whole context."""
         return prefill_chain_flops(self.head_dim, self.seq_kv)
 
+    def table_row(self) -> int:
+        """The row of its family's table: the number of sequences for whole prompts; for chunks
+        over a prior context, the number of 128-query blocks (``PREFILL_BLOCK_M``) in the launch,
+        since a chunk's time at one total work depends on how many query blocks share it."""
+        if self.seq_kv > self.seq_q:
+            return self.batch * -(-self.seq_q // PREFILL_BLOCK_M)
+        return self.batch
+
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
-        return (math.log2(self.batch), math.log2(ideal_ns))
+        return (math.log2(self.table_row()), math.log2(ideal_ns))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import math
 
 from sim.cost.base import BatchShape, StepTime, cost_models
 from sim.cost.decode_price import DecodePriceMixin
-from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, Elementwise, Gemm, chain_ns, gemm_wave_flops,
-                          prefill_chain_flops)
+from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, PREFILL_BLOCK_M, Elementwise, Gemm, chain_ns,
+                          gemm_wave_flops, prefill_chain_flops)
 from sim.hardware import TABLE_BASE, HardwareProfile
 from sim.model_spec import DTYPE_BYTES, ModelSpec
 
@@ -26,14 +26,15 @@ _CACHE_LIMIT = 65536
 
 
 class _Family:
-    """A shape family key standing in for an op (the prefill chunks of a step are one launch)."""
+    """A shape family key standing in for an op (the prefill chunks of a step are one launch);
+    ``row``: its table row (``AttnPrefill.table_row``: chunks, or 128-query blocks if chunked)."""
 
-    __slots__ = ("key", "chain", "batch")
+    __slots__ = ("key", "chain", "row")
 
-    def __init__(self, key: tuple, chain: float, batch: int):
+    def __init__(self, key: tuple, chain: float, row: int):
         self.key = key
         self.chain = chain
-        self.batch = batch
+        self.row = row
 
     def table_key(self) -> tuple:
         return self.key
@@ -42,7 +43,7 @@ class _Family:
         return self.chain
 
     def table_coords(self, ideal_ns: float) -> tuple[float, ...]:
-        return (math.log2(self.batch), math.log2(ideal_ns))
+        return (math.log2(self.row), math.log2(ideal_ns))
 
 
 @cost_models.register("roofline")
@@ -210,21 +211,24 @@ class RooflineCost(DecodePriceMixin):
     def _attn_prefill(self, chunks: list[tuple[int, int]]) -> float:
         """All prefill chunks of a step as one varlen launch (as flash-attention varlen runs them):
         the summed FLOPs and bytes of each chunk's AttnPrefill(1, new, prior + new), priced by
-        ``affine_roofline_s`` with the chunk family's table at (batch = number of chunks, size of
+        ``affine_roofline_s`` with the chunk family's table at (row = number of chunks, or of
+        128-query blocks when some chunk has a prior context (``AttnPrefill.table_row``), size of
         the summed work / longest chunk's chain), its constants hoisted (same seconds)."""
         c4, qo, kvb = self._pf_consts
         flops = bytes_ = 0.0
         longest = 0
         chunked = 0
+        qblocks = 0
         for new, prior in chunks:
             seq_kv = prior + new
             if seq_kv > longest:
                 longest = seq_kv
             if prior:
                 chunked = 1
+            qblocks -= -new // PREFILL_BLOCK_M
             flops += c4 * (1 * (new * prior + new * (new + 1) / 2.0))
             bytes_ += qo * new + kvb * seq_kv
-        return self._pf_fns[chunked](flops, bytes_, longest, len(chunks))
+        return self._pf_fns[chunked](flops, bytes_, longest, qblocks if chunked else len(chunks))
 
     def _prefill_fn(self, chunked: int):
         """``affine_roofline_s(hw, "attn_prefill", flops, bytes_, dtype, backend, family)`` for the
