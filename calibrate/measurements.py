@@ -165,14 +165,18 @@ def _display_path(data_dir: Path) -> str:
     return f"calibrate/data/{data_dir.resolve().name}"
 
 
-def _provenance_summary(prov: Mapping) -> dict:
+def _driver(prov: Mapping) -> str:
     smi = str(prov.get("nvidia_smi", ""))
     lines = [ln for ln in smi.splitlines() if ln.strip()]
-    driver = ""
     if len(lines) >= 2 and "driver_version" in lines[0]:
         hdr = [h.strip() for h in lines[0].split(",")]
         val = [v.strip() for v in lines[1].split(",")]
-        driver = dict(zip(hdr, val)).get("driver_version", "")
+        return dict(zip(hdr, val)).get("driver_version", "")
+    return ""
+
+
+def _provenance_summary(prov: Mapping) -> dict:
+    driver = _driver(prov)
     peaks = prov.get("peaks") or {}
     out = {"gpu": prov.get("device_name"), "gpu_name_arg": prov.get("gpu_name_arg"), "driver": driver or None,
            "cuda": prov.get("cuda_runtime"), "torch": prov.get("torch"), "triton": prov.get("triton"),
@@ -182,5 +186,9 @@ def _provenance_summary(prov: Mapping) -> dict:
            "checks_passed": {k: bool(v.get("passed")) for k, v in (prov.get("checks") or {}).items()},
            "skipped": prov.get("skipped") or {},
            "measured_copy_bw_bytes_per_s": peaks.get("copy_bw_bytes_per_s"),
-           "measured_matmul_bf16_flops_per_s": peaks.get("matmul_bf16_flops_per_s")}
-    return {k: v for k, v in out.items() if v not in (None, "", {})}
+           "measured_matmul_bf16_flops_per_s": peaks.get("matmul_bf16_flops_per_s"),
+           # later runs of some ops merged in (calibrate.merge): what they replaced, when, how long
+           "reruns": [{"ops": r.get("ops"), "date_utc": r.get("date_utc"), "wall_time_s": r.get("wall_time_s"),
+                       "driver": _driver(r), "torch": r.get("torch"), "triton": r.get("triton")}
+                      for r in prov.get("reruns") or []]}
+    return {k: v for k, v in out.items() if v not in (None, "", {}, [])}

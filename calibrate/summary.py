@@ -75,6 +75,11 @@ def summary_markdown(gpus: list[str]) -> str:
                     if mm else "-") + " | "
                  + (f"{cp / 1e12:.2f} TB/s ({peaks.get('measured_copy_bw_frac_of_datasheet', 0):.0%} of datasheet)"
                     if cp else "-") + " |")
+    for gpu, hw, prov, peaks in checks:
+        for r in prov.get("reruns", []):
+            L.append(f"| {gpu}: rerun of {', '.join(r.get('ops') or [])} (`calibrate.merge`) | "
+                     f"{str(r.get('date_utc', '-'))[:16].replace('T', ' ')} UTC | {r.get('driver') or '-'} | "
+                     f"{r.get('torch', '-')} / {r.get('triton', '-')} | {r.get('wall_time_s', '-')} s | | |")
     L += ["", "## Model-level check (HF LlamaForCausalLM, llama-3.1-8b dims, random bf16 weights, eager)", "",
           "`kernel_sum` is the summed GPU kernel time of one step (torch.profiler): what the simulator's GPU "
           "model should match. `eager` adds the host time the GPU waited for.", "",
