@@ -190,3 +190,30 @@ def test_gemm_tiles_parsed_strictly_and_charge_whole_waves():
             profile_from_dict({**base, "efficiency": {"backends": {"triton": {"gemm": {"gemm_tiles": bad}}}}})
     with pytest.raises(Exception, match="attn_decode.gemm_tiles"):
         profile_from_dict({**base, "efficiency": {"backends": {"triton": {"attn_decode": {"gemm_tiles": tiles}}}}})
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 512), st.integers(1, 40000), st.integers(1, 200),
+       st.sampled_from(["h100_sxm", "h200_sxm", "a100_80gb_sxm", "t4"]), st.sampled_from(["vendor", "triton"]),
+       st.floats(0.0, 0.5))
+def test_decode_run_pricing_is_stepwise_pricing(num, context, m, hw_name, backend, horizon_s):
+    """A decode price's ``run`` gives, step by step, the attention seconds of the price itself at
+    each step's context sum, the total in step_time's order, the start times by sequential
+    addition, and stops after the first step ending at or after the horizon (bit for bit)."""
+    hw = _hw(hw_name)
+    if backend not in hw.efficiency:
+        return
+    c = _cost(hw_name, backend)
+    f, fixed = c.decode_step_fn(num)
+    g, o, h = fixed.gemm_s, fixed.other_s, fixed.host_s
+    c0 = num * context
+    starts, totals, attn, end = f.run(c0, m, 1.0, 1.0 + horizon_s, g, o, h)
+    t, want = 1.0, []
+    for i in range(m):
+        a = f(c0 + i * num)
+        tot = g + a + o + h
+        want.append((t, tot, a))
+        t = t + tot
+        if t >= 1.0 + horizon_s:
+            break
+    assert list(zip(starts, totals, attn)) == want and end == t

@@ -71,6 +71,77 @@ class DecodePriceMixin:
                     k, g = segs[bis(cb, context_sum)]
                     t *= k * context_sum ** g if g else k
             return L * t
+
+        cbx = list(cb or []) + [math.inf]  # segment ends, with a sentinel past the last
+        fast = has_corr and general is None
+
+        def memory_bound(c: int) -> bool:
+            """Both roofs and both ideal times memory-bound at context sum c, with a margin
+            far above rounding: then, being affine in c, they are between two such points."""
+            flops, bytes_ = fc * c, c * kvb + qo
+            return ((bytes_ + fb) / pbw > (flops + ff) / pc * (1 + 1e-9)
+                    and bytes_ / bw > flops / peak * (1 + 1e-9))
+
+        def run(c: int, m: int, t: float, horizon: float, gemm_s: float, other_s: float,
+                host_s: float) -> tuple[list[float], list[float], list[float], float]:
+            """Up to ``m`` pure-decode steps from context sum ``c`` (growing by ``num`` per
+            step) starting at ``t``: each step's start, total (gemm + attention + other + host,
+            in step_time's order) and attention seconds, stopping after the first step that
+            ends at or after ``horizon``; returns them and the end time.  Each step's attention
+            is ``f``'s, bit for bit (tested): where the whole run is memory-bound, ``f``'s
+            arithmetic without its compute-roof branches, with the correction knot and the
+            table segment found by walking forward (the context sum only grows)."""
+            starts, totals, attn = [], [], []
+            s_app, t_app, a_app = starts.append, totals.append, attn.append
+            if not (fast and m > 0 and memory_bound(c) and memory_bound(c + (m - 1) * num)):
+                for _ in range(m):
+                    a = f(c)
+                    tot = gemm_s + a + other_s + host_s
+                    s_app(t)
+                    t_app(tot)
+                    a_app(a)
+                    t = t + tot
+                    c += num
+                    if t >= horizon:
+                        break
+                return starts, totals, attn, t
+            jb = bis(cbx, c)
+            sk, sg = segs[jb]
+            nxt = cbx[jb]
+            jc, xn = 0, cx0
+            x0 = y0 = dy = dx = 0.0
+            for _ in range(m):
+                bytes_ = c * kvb + qo
+                tt = (bytes_ + fb) / pbw
+                lx = log2(bytes_ / bw * 1e9)
+                if lx <= cx0:
+                    tt = tt * cy0
+                elif lx >= cx1:
+                    tt = tt * cy1
+                else:
+                    while lx >= xn:  # jc = bisect_right(cx, lx)
+                        jc += 1
+                        x0, xn, y0 = xn, cx[jc], cy[jc - 1]
+                        dy, dx = cy[jc] - y0, xn - x0
+                    tt = tt * (y0 + dy * (lx - x0) / dx)
+                tt = tt + launch
+                while c >= nxt:  # jb = bisect_right(cb, c)
+                    jb += 1
+                    nxt = cbx[jb]
+                    sk, sg = segs[jb]
+                tt *= sk * c ** sg if sg else sk
+                a = L * tt
+                tot = gemm_s + a + other_s + host_s
+                s_app(t)
+                t_app(tot)
+                a_app(a)
+                t = t + tot
+                c += num
+                if t >= horizon:
+                    break
+            return starts, totals, attn, t
+
+        f.run = run
         return f
 
 

@@ -12,6 +12,8 @@ before the step that does not fit.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
+from itertools import accumulate, cycle, islice
 
 from sim.engine.request import Request
 
@@ -68,46 +70,58 @@ class FastForwardMixin:
         the attention seconds of a step with decode context sum ``c``, ``fixed_s`` the step's
         other parts (gemm, other, host), added in ``step_time``'s order; with ``fixed_s`` None,
         ``price(c)`` is the step's whole StepTime (cost models without a decode-step function).
+        A ``price`` with a ``run`` attribute prices the whole run in one call
+        (sim.cost.decode_price: the same arithmetic, bit for bit).
 
         Allocates the run's blocks in stepping order and returns (starts, totals, attn,
         used blocks after each step, end time); ``decode_run_complete`` applies it.
         """
         pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
         n = self.num_decoding
-        g, o, h = fixed_s if fixed_s is not None else (0.0, 0.0, 0.0)
-        free, used0, cum = pool.num_free, pool.num_used, 0
+        free, used0 = pool.num_free, pool.num_used
+        i0 = (-s) % bs  # step j's requests crossing a block boundary: bucket (-(s + j)) % bs
+        rot = buckets[i0::-1] + buckets[bs - 1:i0:-1]  # (buckets[bs] holds no decode)
+        # blocks taken through each step; the steps whose blocks fit in the free pool
+        cum = list(accumulate(islice(cycle([len(b) for b in rot]), k)))
+        m = bisect_right(cum, free)
         c = self.decode_computed_sum + n
-        order: list[Request] = []
-        starts, totals, attn, used = [], [], [], []
-        s_app, t_app, a_app, u_app = starts.append, totals.append, attn.append, used.append
-        rot = [buckets[(-(s + j)) % bs] for j in range(bs)]  # the bucket crossing a boundary at step j
-        t = now
-        for j in range(k):
-            bucket = rot[j % bs]
-            if bucket:
-                nb = len(bucket)
-                if cum + nb > free:
-                    break
-                cum += nb
-                order.extend(bucket.values())
+        run = getattr(price, "run", None)
+        if fixed_s is not None and run is not None:
+            starts, totals, attn, t = run(c, m, now, horizon, *fixed_s)
+        else:
+            starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
+        taken = len(starts)
+        used = [used0 + x for x in cum[:taken]]
+        if taken and cum[taken - 1]:
+            order: list[Request] = []
+            for j in range(taken):
+                bucket = rot[j % bs]
+                if bucket:
+                    order.extend(bucket.values())
+            for r, b in zip(order, pool.allocate(len(order))):
+                r.blocks.append(b)
+        return starts, totals, attn, used, t
+
+    @staticmethod
+    def _price_steps(m: int, c: int, n: int, price, fixed_s, t: float, horizon: float):
+        """Steps one by one with ``price`` (the path for prices without a ``run``)."""
+        g, o, h = fixed_s if fixed_s is not None else (0.0, 0.0, 0.0)
+        starts, totals, attn = [], [], []
+        for _ in range(m):
             if fixed_s is not None:
                 a = price(c)
                 tot = g + a + o + h
             else:
                 st = price(c)
                 a, tot = st.attn_s, st.total_s
-            s_app(t)
-            t_app(tot)
-            a_app(a)
-            u_app(used0 + cum)
+            starts.append(t)
+            totals.append(tot)
+            attn.append(a)
             t = t + tot  # start times by sequential addition, as stepping's timeouts add them
             c += n
             if t >= horizon:  # the next step would start at or after the next arrival
                 break
-        if order:
-            for r, b in zip(order, pool.allocate(len(order))):
-                r.blocks.append(b)
-        return starts, totals, attn, used, t
+        return starts, totals, attn, t
 
     def decode_run_complete(self, k: int, now: float, on_finish) -> None:
         """Apply a k-step decode run ending at ``now`` (completions happen at its last step)."""

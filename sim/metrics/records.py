@@ -111,13 +111,13 @@ class Recorder:
 
     def _run_columns(self) -> dict[str, np.ndarray]:
         """The fast-forwarded rows, column by column (constant columns repeated per run)."""
-        runs = self._runs
-        k = np.array([r[0] for r in runs], dtype=_INT64)
+        table = np.array(self._runs, dtype=_FLOAT64)  # integers < 2**53: exact
+        k = table[:, 0].astype(_INT64)
         total = int(k.sum())
         out = {c: np.frombuffer(v, dtype=_dtype(c)) if len(v) else np.zeros(0, _dtype(c))
                for c, v in self._run_steps.items()}
         for i, c in enumerate(_RUN_CONST, start=1):
-            out[c] = np.repeat(np.array([r[i] for r in runs], dtype=_dtype(c)), k)
+            out[c] = np.repeat(table[:, i].astype(_dtype(c)), k)
         # context sum of step j of a run: context_sum + j * n
         first = np.repeat(np.cumsum(k) - k, k)
         out["decode_context_sum"] = out["decode_context_sum"] + out["num_decode"] * (np.arange(total) - first)
