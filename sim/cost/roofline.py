@@ -169,28 +169,32 @@ class RooflineCost(DecodePriceMixin):
         return f
 
     def _token_fns(self):
-        """Per-layer GEMM and elementwise family functions, and the once-per-step ones."""
+        """Per-layer GEMM family functions, and the elementwise ones: RMSNorm (twice per layer,
+        and the final norm), rotary, SiLU-and-mul, residual add (twice per layer), embedding
+        gather (once per step)."""
         m, dt = self.model, self.dtype
         gemms = [self._family_fn(Gemm(1, n, k, dt)) for k, n in self._layer_gemms]
-        norm = self._family_fn(Elementwise("rmsnorm", 1, m.hidden_size, dt))
-        ew = [norm, norm, self._family_fn(Elementwise("rotary", 1, m.q_size + m.kv_size, dt)),
-              self._family_fn(Elementwise("silu_mul", 1, m.intermediate_size, dt))]
-        add = self._family_fn(Elementwise("add", 1, m.hidden_size, dt))
-        ew += [add, add]
-        once = [self._family_fn(Elementwise("copy", 1, m.hidden_size, dt)), norm]  # embedding gather, final norm
-        return gemms, ew, once
+        ew = (self._family_fn(Elementwise("rmsnorm", 1, m.hidden_size, dt)),
+              self._family_fn(Elementwise("rotary", 1, m.q_size + m.kv_size, dt)),
+              self._family_fn(Elementwise("silu_mul", 1, m.intermediate_size, dt)),
+              self._family_fn(Elementwise("add", 1, m.hidden_size, dt)),
+              self._family_fn(Elementwise("copy", 1, m.hidden_size, dt)))
+        return gemms, ew
 
     def _per_token_part(self, tokens: int) -> tuple[float, float]:
-        """Layer GEMMs and elementwise ops over ``tokens`` tokens, embedding and final norm."""
+        """Layer GEMMs and elementwise ops over ``tokens`` tokens, embedding and final norm;
+        each family priced once, the per-layer ops summed in layer order (norm, norm, rotary,
+        silu_mul, add, add), then the embedding gather and the final norm."""
         hit = self._token_cache.get(tokens)
         if hit is not None:
             return hit
-        gemms, ew, once = self._tok_fns
+        gemms, (norm_f, rot_f, silu_f, add_f, copy_f) = self._tok_fns
         L = self.model.num_layers
         gemm = sum(L * f(tokens) for f in gemms)
-        other = L * sum(f(tokens) for f in ew)
-        for f in once:
-            other += f(tokens)
+        norm, add = norm_f(tokens), add_f(tokens)
+        other = L * (norm + norm + rot_f(tokens) + silu_f(tokens) + add + add)
+        other += copy_f(tokens)
+        other += norm
         out = (gemm, other)
         if len(self._token_cache) < _CACHE_LIMIT:
             self._token_cache[tokens] = out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from itertools import accumulate, cycle, islice
+from math import inf
 
 from sim.engine.request import Request
 
@@ -81,6 +82,12 @@ class FastForwardMixin:
         free, used0 = pool.num_free, pool.num_used
         i0 = (-s) % bs  # step j's requests crossing a block boundary: bucket (-(s + j)) % bs
         rot = buckets[i0::-1] + buckets[bs - 1:i0:-1]  # (buckets[bs] holds no decode)
+        if fixed_s is not None and horizon < inf:
+            # every step lasts at least its fixed parts: no more steps than that can start
+            # before the horizon (+2 for rounding; a shorter bound would only split the run)
+            floor_s = fixed_s[0] + fixed_s[1] + fixed_s[2]
+            if floor_s > 0:
+                k = min(k, int((horizon - now) / floor_s) + 2)
         # blocks taken through each step; the steps whose blocks fit in the free pool
         cum = list(accumulate(islice(cycle([len(b) for b in rot]), k)))
         m = bisect_right(cum, free)

@@ -101,11 +101,11 @@ class Recorder:
                    kv_used: list[int]) -> None:
         """k pure-decode iterations at once (the same rows as k calls of ``iteration``; the
         decode context sum grows by n per step)."""
-        c = self._run_steps
-        c["start_s"].extend(starts)
-        c["step_s"].extend(totals)
-        c["attn_s"].extend(attn)
-        c["kv_used_blocks"].extend(kv_used)
+        c = self._run_steps  # fromlist: 2x faster than extend from a list
+        c["start_s"].fromlist(starts)
+        c["step_s"].fromlist(totals)
+        c["attn_s"].fromlist(attn)
+        c["kv_used_blocks"].fromlist(kv_used)
         self._runs.append((len(starts), replica, n, n, context_sum, num_running, num_waiting,
                            fixed.gemm_s, fixed.other_s, fixed.comm_s, fixed.host_s))
 
