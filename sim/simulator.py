@@ -10,7 +10,6 @@ Ignores: multiple replicas and routing (sim.cluster, a later issue).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,19 +31,46 @@ from sim.rng import RngStreams
 from sim.workload.generator import RequestStream, build_stream
 
 
-@dataclass
-class Results:
-    """What a run produced: per-request and per-iteration DataFrames plus the config."""
+# the iteration columns summary() reads
+SUMMARY_ITERATION_COLUMNS = ["start_s", "step_s", "num_decode", "num_itl_tokens", "num_waiting", "kv_usage_frac"]
 
-    config: SimConfig
-    requests: pd.DataFrame
-    iterations: pd.DataFrame
-    extra_itl_s: list[float]
-    info: dict = field(default_factory=dict)
+
+class Results:
+    """What a run produced: per-request and per-iteration DataFrames plus the config.
+
+    ``iterations`` may be given as a DataFrame or as a function ``(columns=None) -> DataFrame``
+    (``Recorder.iterations_frame``): the full frame, one row per engine iteration (hundreds of
+    thousands in a long run), is then built on first access, and ``summary()`` builds only
+    the columns it reads.
+    """
+
+    def __init__(self, config: SimConfig, requests: pd.DataFrame,
+                 iterations: pd.DataFrame | Callable[..., pd.DataFrame], extra_itl_s: list[float],
+                 info: dict | None = None):
+        self.config = config
+        self.requests = requests
+        self.extra_itl_s = extra_itl_s
+        self.info = {} if info is None else info
+        self._iterations = iterations if isinstance(iterations, pd.DataFrame) else None
+        self._build = None if self._iterations is not None else iterations
+        self._summary_iterations: pd.DataFrame | None = None
+
+    @property
+    def iterations(self) -> pd.DataFrame:
+        """One row per engine iteration (built on first access)."""
+        if self._iterations is None:
+            self._iterations = self._build()
+            self._build = self._summary_iterations = None
+        return self._iterations
 
     def summary(self) -> dict:
         """TTFT/TPOT/ITL/E2E percentiles, throughput, goodput, KV use, saturation."""
-        return summarize(self.requests, self.iterations, self.extra_itl_s, self.config.slo,
+        it = self._iterations
+        if it is None:
+            if self._summary_iterations is None:
+                self._summary_iterations = self._build(SUMMARY_ITERATION_COLUMNS)
+            it = self._summary_iterations
+        return summarize(self.requests, it, self.extra_itl_s, self.config.slo,
                          self.config.engine.max_num_seqs)
 
     def format(self) -> str:
@@ -106,7 +132,7 @@ def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None)
     info = {"model": model.summary(), "hardware": hw.name, "efficiency_source": hw.efficiency_source,
             "kv_blocks": num_blocks, "kv_capacity_tokens": num_blocks * eng.block_size_tokens,
             "activation_reserve_bytes": reserve, "max_model_len": max_model_len, **engine_info}
-    return Results(cfg, rec.requests_frame(), rec.iterations_frame(), rec.extra_itl_s, info)
+    return Results(cfg, rec.requests_frame(), rec.iterations_frame, rec.extra_itl_s, info)
 
 
 def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> Request:

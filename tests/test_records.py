@@ -46,3 +46,24 @@ def test_merge_of_steps_and_runs_matches_a_stable_sort(events):
         assert np.array_equal(got[c].to_numpy(), ref[c].to_numpy().astype(got[c].dtype)), c
         assert got[c].dtype == (np.float64 if c.endswith("_s") or c == "swap_bytes" else np.int64), c
     assert np.array_equal(got["kv_usage_frac"].to_numpy(), got["kv_used_blocks"].to_numpy() / 100)
+    # a subset of the columns (what summary() reads) is those columns of the full frame
+    cols = ["start_s", "decode_context_sum", "num_waiting", "kv_usage_frac", "replica"]
+    pd.testing.assert_frame_equal(rec.iterations_frame(cols), got[cols], check_exact=True)
+
+
+def test_results_build_the_iteration_frame_on_first_access_and_summarize_alike():
+    """sim.run's Results summarize from the summary's columns alone, and the same as from the
+    full frame (built on first access) or from a frame given directly."""
+    import sim
+    from sim.simulator import Results
+    cfg = {"model": "llama-3.1-8b", "hardware": "h100_sxm", "seed": 3,
+           "workload": {"num_requests": 200, "arrival": {"name": "poisson", "params": {"rate_per_s": 20}},
+                        "prompt_tokens": {"name": "uniform", "params": {"low": 16, "high": 600}},
+                        "output_tokens": {"name": "uniform", "params": {"low": 2, "high": 300}}}}
+    res = sim.run(cfg)
+    assert res._iterations is None
+    lazy = res.summary()
+    full = res.iterations
+    assert res._iterations is full and len(full) == lazy["num_iterations"] > 200
+    assert res.summary() == lazy
+    assert Results(res.config, res.requests, full, res.extra_itl_s).summary() == lazy

@@ -74,6 +74,7 @@ class RooflineCost(DecodePriceMixin):
         # the measured table of this model's decode head configuration, if the profile has one
         self._dec_table = getattr(eff, "_tables", {}).get((m.num_heads, m.num_kv_heads, m.head_dim, self.dtype))
         self._dec_fns: dict = {}
+        self._dec_steps: dict = {}
         self._fast = {}
         for kind in ("gemm", "elementwise"):
             assert TABLE_BASE[kind] == "roofline"  # _op_s assumes it
@@ -279,11 +280,16 @@ class RooflineCost(DecodePriceMixin):
         """(attention seconds as a function of the context sum, the fixed parts as a StepTime)
         of a pure-decode step of ``n`` requests: what ``step_time`` prices, for fast-forwarding
         (the engine prices a run's steps one by one and stops at the next arrival)."""
+        hit = self._dec_steps.get(n)
+        if hit is not None:
+            return hit
         gemm, other = self._dense(n, n)
         f = self._dec_fns.get(n)
         if f is None:
             f = self._dec_fns[n] = self._decode_fn(n)
-        return f, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
+        out = f, StepTime(total_s=0.0, gemm_s=gemm, attn_s=0.0, other_s=other, host_s=self.host_overhead_s)
+        self._dec_steps[n] = out  # one per batch size (<= max_num_seqs)
+        return out
 
     def decode_run(self, n: int, context_sum: int, k: int) -> tuple[list[float], StepTime]:
         """Attention seconds of k pure-decode steps (context grows by n per step) + the fixed parts."""

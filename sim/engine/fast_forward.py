@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from itertools import accumulate, cycle, islice
+from itertools import accumulate, chain, cycle, islice
 from math import inf
 
-from sim.engine.request import Request
 
 
 class FastForwardMixin:
@@ -99,13 +98,9 @@ class FastForwardMixin:
             starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
         taken = len(starts)
         used = [used0 + x for x in cum[:taken]]
-        if taken and cum[taken - 1]:
-            order: list[Request] = []
-            for j in range(taken):
-                bucket = rot[j % bs]
-                if bucket:
-                    order.extend(bucket.values())
-            for r, b in zip(order, pool.allocate(len(order))):
+        if taken and cum[taken - 1]:  # the run's blocks, to the crossing requests in step order
+            seq = rot[:taken] if taken <= bs else [rot[j % bs] for j in range(taken)]
+            for r, b in zip(chain.from_iterable([b.values() for b in seq if b]), pool.allocate(cum[taken - 1])):
                 r.blocks.append(b)
         return starts, totals, attn, used, t
 

@@ -109,19 +109,22 @@ class Recorder:
         self._runs.append((len(starts), replica, n, n, context_sum, num_running, num_waiting,
                            fixed.gemm_s, fixed.other_s, fixed.comm_s, fixed.host_s))
 
-    def _run_columns(self) -> dict[str, np.ndarray]:
-        """The fast-forwarded rows, column by column (constant columns repeated per run)."""
+    def _run_columns(self, columns) -> dict[str, np.ndarray]:
+        """The fast-forwarded rows of ``columns`` (and replica, start_s), column by column
+        (constant columns repeated per run)."""
         table = np.array(self._runs, dtype=_FLOAT64)  # integers < 2**53: exact
         k = table[:, 0].astype(_INT64)
         total = int(k.sum())
+        want = set(columns) | {"replica", "start_s"}
         out = {c: np.frombuffer(v, dtype=_dtype(c)) if len(v) else np.zeros(0, _dtype(c))
-               for c, v in self._run_steps.items()}
+               for c, v in self._run_steps.items() if c in want}
         for i, c in enumerate(_RUN_CONST, start=1):
-            out[c] = np.repeat(table[:, i].astype(_dtype(c)), k)
-        # context sum of step j of a run: context_sum + j * n
-        first = np.repeat(np.cumsum(k) - k, k)
-        out["decode_context_sum"] = out["decode_context_sum"] + out["num_decode"] * (np.arange(total) - first)
-        for c in ITERATION_COLUMNS:
+            if c in want or (c == "num_decode" and "decode_context_sum" in want):
+                out[c] = np.repeat(table[:, i].astype(_dtype(c)), k)
+        if "decode_context_sum" in want:  # context sum of step j of a run: context_sum + j * n
+            first = np.repeat(np.cumsum(k) - k, k)
+            out["decode_context_sum"] = out["decode_context_sum"] + out["num_decode"] * (np.arange(total) - first)
+        for c in want:
             if c not in out:
                 out[c] = np.zeros(total, _dtype(c))
         return out
@@ -139,26 +142,32 @@ class Recorder:
         df["tpot_s"] = ((df["finish_s"] - df["first_token_s"]) / (n - 1)).where(ok & (n > 1))
         return df
 
-    def iterations_frame(self) -> pd.DataFrame:
+    def iterations_frame(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Stepped rows and fast-forwarded runs merged in (replica, start) order (stepped rows
-        first on a tie), each column allocated once and the frame built without a copy."""
+        first on a tie), each column allocated once and the frame built without a copy.
+        ``columns``: only those (of ITERATION_COLUMNS, and kv_usage_frac), in that order."""
+        cols = [*ITERATION_COLUMNS, "kv_usage_frac"] if columns is None else list(columns)
+        base = [c for c in ITERATION_COLUMNS if c in cols or (c == "kv_used_blocks" and "kv_usage_frac" in cols)]
+        need = list(dict.fromkeys([*base, "replica", "start_s"]))
+        idx = {c: i for i, c in enumerate(ITERATION_COLUMNS)}
         rows = self.iterations
         step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
-        steps = {c: np.array(step_cols[i], dtype=_dtype(c)) for i, c in enumerate(ITERATION_COLUMNS)}
+        steps = {c: np.array(step_cols[idx[c]], dtype=_dtype(c)) for c in need}
         if not self._runs:
             data = steps
             if steps["replica"].any():  # several replicas: group them, each in time order
                 order = np.lexsort((steps["start_s"], steps["replica"]))
                 data = {c: v[order] for c, v in steps.items()}
         else:
-            runs = self._run_columns()
+            runs = self._run_columns(need)
             pos_s, pos_r = _merge_positions(steps, runs)
             n = len(pos_s) + len(pos_r)
             data = {}
-            for c in ITERATION_COLUMNS:
+            for c in need:
                 a = np.empty(n, dtype=_dtype(c))
                 a[pos_s] = steps[c]
                 a[pos_r] = runs[c]
                 data[c] = a
-        data["kv_usage_frac"] = data["kv_used_blocks"] / self.kv_blocks_total
-        return pd.DataFrame(data, columns=[*ITERATION_COLUMNS, "kv_usage_frac"], copy=False)
+        if "kv_usage_frac" in cols:
+            data["kv_usage_frac"] = data["kv_used_blocks"] / self.kv_blocks_total
+        return pd.DataFrame({c: data[c] for c in cols}, columns=cols, copy=False)

@@ -151,6 +151,15 @@ def missing_values(df: pd.DataFrame, cols: list[str], log: RowLog) -> pd.DataFra
 def lengths(df: pd.DataFrame, src: str, dst: str, log: RowLog) -> pd.DataFrame:
     """Parse column ``src`` into int64 ``dst``; non-integer or < 1 values are invalid rows."""
     raw = df[src]
+    try:  # plain integers (the usual case): parsed once, without pandas' coercion
+        ints = raw.to_numpy().astype(np.int64)
+    except (ValueError, TypeError, OverflowError):
+        ints = None
+    if ints is not None:
+        bad = ints < 1
+        df = log.bad(df, bad, f"invalid {src!r}", "an integer token count >= 1", raw)
+        df[dst] = ints[~bad]
+        return df
     x = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(x) | (x != np.floor(x)) | (x < 1)
     df = log.bad(df, bad, f"invalid {src!r}", "an integer token count >= 1", raw)
