@@ -84,29 +84,45 @@ class Replica:
             self.on_finish_cb(r)
 
     def _decode_run(self, k: int):
-        """Fast-forward up to ``k`` pure-decode steps with one simpy event.
+        """Fast-forward pure-decode steps with one simpy event.
 
         Steps are priced one by one (the decode context grows every step) and stop at the
         first step that would start at or after the next external arrival, so the result
         is the same as stepping: same step times (summed in the same order), same block
-        ids, same records.
+        ids, same records. A run that ends before that arrival (at a completion, or when
+        blocks run short) is completed at its end time right away and, if the scheduler
+        then has another pure-decode run (``decode_run_length``, on the same state stepping
+        would see), the next run is planned from there, all in the same simpy event: nothing
+        else can happen before the arrival. Not when completions call back into the source
+        (a closed loop submits the client's next request at that time).
         """
-        env, sched = self.env, self.scheduler
-        n = sched.num_decoding
-        ctx0 = sched.decode_computed_sum + n
-        if self._decode_step_fn is not None:
-            price, fixed = self._decode_step_fn(n)
-            parts = (fixed.gemm_s, fixed.other_s, fixed.host_s)
-        else:  # a cost model without one: each step's StepTime from step_time
-            cost = self.cost
+        env, sched, rec = self.env, self.scheduler, self.recorder
+        now = env.now
+        chain = self.on_finish_cb is None
+        while True:
+            n = sched.num_decoding
+            ctx0 = sched.decode_computed_sum + n
+            if self._decode_step_fn is not None:
+                price, fixed = self._decode_step_fn(n)
+                parts = (fixed.gemm_s, fixed.other_s, fixed.host_s)
+            else:  # a cost model without one: each step's StepTime from step_time
+                cost = self.cost
 
-            def price(c: int, n=n) -> StepTime:
-                return cost.step_time(BatchShape([], n, c, n))
-            fixed, parts = price(ctx0), None
-        starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, env.now, self.horizon_s)
-        k = len(starts)
-        self.recorder.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
-                                 len(sched.running), len(sched.waiting), used)
+                def price(c: int, n=n) -> StepTime:
+                    return cost.step_time(BatchShape([], n, c, n))
+                fixed, parts = price(ctx0), None
+            starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now, self.horizon_s)
+            k = len(starts)
+            rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
+                           len(sched.running), len(sched.waiting), used)
+            if not chain or end >= self.horizon_s:
+                break
+            sched.decode_run_complete(k, end, self._finished)
+            now = end
+            k = sched.decode_run_length(self.max_run_steps)
+            if k < 2:
+                yield timeout_at(env, end)
+                return
         yield timeout_at(env, end)
         sched.decode_run_complete(k, env.now, self._finished)
 
