@@ -87,9 +87,9 @@ class FastForwardMixin:
             floor_s = fixed_s[0] + fixed_s[1] + fixed_s[2]
             if floor_s > 0:
                 k = min(k, int((horizon - now) / floor_s) + 2)
-        # blocks taken through each step; the steps whose blocks fit in the free pool
-        cum = list(accumulate(islice(cycle([len(b) for b in rot]), k)))
-        m = bisect_right(cum, free)
+        # blocks in use after each step (cum[j + 1] after step j); the steps that fit the pool
+        cum = list(accumulate(islice(cycle(list(map(len, rot))), k), initial=used0))
+        m = bisect_right(cum, used0 + free) - 1
         c = self.decode_computed_sum + n
         run = getattr(price, "run", None)
         if fixed_s is not None and run is not None:
@@ -97,10 +97,10 @@ class FastForwardMixin:
         else:
             starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
         taken = len(starts)
-        used = [used0 + x for x in cum[:taken]]
-        if taken and cum[taken - 1]:  # the run's blocks, to the crossing requests in step order
+        used = cum[1:taken + 1]
+        if used and used[-1] > used0:  # the run's blocks, to the crossing requests in step order
             seq = rot[:taken] if taken <= bs else [rot[j % bs] for j in range(taken)]
-            for r, b in zip(chain.from_iterable([b.values() for b in seq if b]), pool.allocate(cum[taken - 1])):
+            for r, b in zip(chain.from_iterable([b.values() for b in seq if b]), pool.allocate(used[-1] - used0)):
                 r.blocks.append(b)
         return starts, totals, attn, used, t
 
