@@ -87,9 +87,16 @@ class FastForwardMixin:
             floor_s = fixed_s[0] + fixed_s[1] + fixed_s[2]
             if floor_s > 0:
                 k = min(k, int((horizon - now) / floor_s) + 2)
-        # blocks in use after each step (cum[j + 1] after step j); the steps that fit the pool
-        cum = list(accumulate(islice(cycle(list(map(len, rot))), k), initial=used0))
-        m = bisect_right(cum, used0 + free) - 1
+        # the steps whose blocks fit the free pool: step j takes lens[j % bs] blocks, a whole
+        # cycle of bs steps `per_cycle`
+        lens = list(map(len, rot))
+        cyc = list(accumulate(lens))
+        per_cycle = cyc[-1]
+        if per_cycle:
+            q, rem = divmod(free, per_cycle)
+            m = min(k, q * bs + bisect_right(cyc, rem))
+        else:
+            m = k
         c = self.decode_computed_sum + n
         run = getattr(price, "run", None)
         if fixed_s is not None and run is not None:
@@ -97,7 +104,7 @@ class FastForwardMixin:
         else:
             starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
         taken = len(starts)
-        used = cum[1:taken + 1]
+        used = list(accumulate(islice(cycle(lens), taken), initial=used0))[1:]  # in use after each step
         if used and used[-1] > used0:  # the run's blocks, to the crossing requests in step order
             seq = rot[:taken] if taken <= bs else [rot[j % bs] for j in range(taken)]
             for r, b in zip(chain.from_iterable([b.values() for b in seq if b]), pool.allocate(used[-1] - used0)):
