@@ -133,8 +133,9 @@ class FastForwardMixin:
         return starts, totals, attn, t
 
     def decode_run_complete(self, k: int, now: float, on_finish) -> None:
-        """Apply a k-step decode run ending at ``now`` (completions happen at its last step)."""
-        self.step += k - 1
-        self.decode_computed_sum += self.num_decoding * (k - 1)
-        plan = self.plan_type()
-        self.complete(plan, now, on_finish)
+        """Apply a k-step decode run ending at ``now`` (completions happen at its last step):
+        what ``complete`` does for k pure-decode steps, without building a plan."""
+        self.advance_decodes(k, now, on_finish)
+        if self.padding and len(self.padding) == len(self.running):
+            self._on_finish = on_finish
+            self._end_batch(now)  # the static batch's longest request ended

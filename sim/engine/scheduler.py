@@ -60,8 +60,6 @@ class StepPlan:
 class Scheduler(FastForwardMixin):
     """Continuous (or static) batching over one replica's KV cache."""
 
-    plan_type = StepPlan  # what the fast-forward mixin builds an empty plan with
-
     def __init__(self, kv: KVManager, max_num_seqs: int, max_num_batched_tokens: int,
                  enable_chunked_prefill: bool = True, *, batching: str = "vllm-v1",
                  scheduling_policy: str = "fcfs", preemption: str = "recompute",
@@ -296,18 +294,7 @@ class Scheduler(FastForwardMixin):
                 if r.extra_itl_s is None:
                     r.extra_itl_s = []
                 r.extra_itl_s.append(now - prev)
-            self.decode_end_s = now
-            self._stalled = False
-            self.step += 1
-            self.decode_computed_sum += self.num_decoding
-            # steady decodes that reached their last token
-            heap = self._finish_heap
-            while heap and heap[0][0] <= self.step:
-                fs, _, r = heapq.heappop(heap)
-                if r.finish_step != fs or r.decode_bucket < 0:
-                    continue  # stale entry (preempted since)
-                self._leave_decode(r)
-                self._finish(r, now, on_finish)
+            self.advance_decodes(1, now, on_finish)
         elif self.num_decoding:
             self._stalled = True  # the decodes sat out this step
         # prefills (and resumed requests)
@@ -333,6 +320,21 @@ class Scheduler(FastForwardMixin):
             self._on_finish = on_finish
             self._end_batch(now)  # the static batch's longest request ended
         return plan.num_decode
+
+    def advance_decodes(self, k: int, now: float, on_finish) -> None:
+        """The steady decodes took k steps ending at ``now``: those that reached their last
+        token finish (a fast-forwarded run's completions happen at its last step)."""
+        self.decode_end_s = now
+        self._stalled = False
+        self.step += k
+        self.decode_computed_sum += self.num_decoding * k
+        heap = self._finish_heap
+        while heap and heap[0][0] <= self.step:
+            fs, _, r = heapq.heappop(heap)
+            if r.finish_step != fs or r.decode_bucket < 0:
+                continue  # stale entry (preempted since)
+            self._leave_decode(r)
+            self._finish(r, now, on_finish)
 
     def _finish(self, r: Request, now: float, on_finish) -> None:
         if self.policy.static:
