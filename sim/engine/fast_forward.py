@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from itertools import accumulate, chain, cycle, islice
+from itertools import accumulate, cycle, islice
 from math import inf
 
 
@@ -73,7 +73,8 @@ class FastForwardMixin:
         A ``price`` with a ``run`` attribute prices the whole run in one call
         (sim.cost.decode_price: the same arithmetic, bit for bit).
 
-        Allocates the run's blocks in stepping order and returns (starts, totals, attn,
+        Takes the run's blocks (``_decode_held``: a steady decode's blocks join its list
+        when it leaves decode) and returns (starts, totals, attn,
         used blocks after each step, end time); ``decode_run_complete`` applies it.
         """
         pool, bs, buckets, s = self.kv.pool, self.bs, self.buckets, self.step
@@ -105,10 +106,8 @@ class FastForwardMixin:
             starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
         taken = len(starts)
         used = list(accumulate(islice(cycle(lens), taken), initial=used0))[1:]  # in use after each step
-        if used and used[-1] > used0:  # the run's blocks, to the crossing requests in step order
-            seq = rot[:taken] if taken <= bs else [rot[j % bs] for j in range(taken)]
-            for r, b in zip(chain.from_iterable([b.values() for b in seq if b]), pool.allocate(used[-1] - used0)):
-                r.blocks.append(b)
+        if used and used[-1] > used0:  # the run's blocks (held for the crossing requests)
+            self._decode_held += pool.allocate(used[-1] - used0)
         return starts, totals, attn, used, t
 
     @staticmethod

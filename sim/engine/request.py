@@ -18,7 +18,7 @@ class Request:
 
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_output",
                  "blocks", "state", "scheduled_s", "first_token_s", "finish_s", "last_token_s",
-                 "num_preemptions", "priority", "hash_ids", "decode_offset", "decode_bucket",
+                 "num_preemptions", "priority", "hash_ids", "decode_offset", "decode_c0", "decode_bucket",
                  "finish_step", "extra_itl_s", "replica", "client", "preempted_at_s", "preempted_s",
                  "swapped_blocks", "swap_bytes")
 
@@ -40,6 +40,7 @@ class Request:
         self.priority = priority
         self.hash_ids = hash_ids
         self.decode_offset = 0      # num_computed = decode_offset + step index, while in steady decode
+        self.decode_c0 = 0          # num_computed when it entered steady decode
         self.decode_bucket = -1     # block-boundary residue class while in steady decode, else -1
         self.finish_step = -1
         self.extra_itl_s: list[float] | None = None  # inter-token gaps not equal to a step (after preemption)

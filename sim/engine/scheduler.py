@@ -88,6 +88,9 @@ class Scheduler(FastForwardMixin):
         self.buckets: list[dict[int, Request]] = [dict() for _ in range(self.bs + 1)]
         self.num_decoding = 0
         self.decode_computed_sum = 0  # sum of num_computed over steady-decode requests
+        # blocks taken for steady decodes crossing a block boundary, not yet in their lists:
+        # a request's own are added when it leaves decode (block ids are not observable)
+        self._decode_held: list[int] = []
         self.step = 0
         self._finish_heap: list[tuple[int, int, Request]] = []
         self.num_preemptions = 0
@@ -98,6 +101,7 @@ class Scheduler(FastForwardMixin):
     # -- bookkeeping of the steady-decode set --------------------------------------------
     def _enter_decode(self, r: Request) -> None:
         r.decode_offset = r.num_computed - self.step
+        r.decode_c0 = r.num_computed
         b = self.bs if self.kv.contiguous else r.decode_offset % self.bs
         r.decode_bucket = b
         self.buckets[b][r.id] = r
@@ -111,11 +115,24 @@ class Scheduler(FastForwardMixin):
         c = r.decode_offset + self.step
         r.num_output = r.output_tokens - (r.finish_step - self.step)
         r.num_computed = c
+        extra = self._crossed_blocks(r, c)
+        if extra:  # the blocks its boundary crossings took since it entered decode
+            held = self._decode_held
+            r.blocks.extend(held[-extra:])
+            del held[-extra:]
         del self.buckets[r.decode_bucket][r.id]
         r.decode_bucket = -1
         r.finish_step = -1
         self.num_decoding -= 1
         self.decode_computed_sum -= c
+
+    def _crossed_blocks(self, r: Request, c: int) -> int:
+        """Blocks a steady decode took since it entered decode, now at ``c`` computed tokens:
+        one per step that began at a block boundary (c a multiple of the block size)."""
+        if r.decode_bucket >= self.bs:  # a contiguous reservation never crosses
+            return 0
+        bs = self.bs
+        return -(-c // bs) + (r.decode_c0 // -bs)
 
     def add(self, r: Request) -> None:
         r.state = WAITING
@@ -212,8 +229,8 @@ class Scheduler(FastForwardMixin):
         crossing = self.buckets[(-self.step) % self.bs]
         while len(crossing) > pool.num_free:
             self._preempt(plan, now)
-        for r in crossing.values():
-            r.blocks.append(pool.allocate_one())
+        if crossing:
+            self._decode_held += pool.allocate(len(crossing))
         plan.num_decode = self.num_decoding
         plan.decode_context_sum = self.decode_computed_sum + self.num_decoding
         budget -= self.num_decoding
@@ -356,12 +373,15 @@ class Scheduler(FastForwardMixin):
     # -- invariants for tests ------------------------------------------------------------
     def check(self) -> None:
         pool = self.kv.pool
-        held = sum(len(r.blocks) for r in self.running.values())
+        held = sum(len(r.blocks) for r in self.running.values()) + len(self._decode_held)
         assert held == pool.num_used, (held, pool.num_used)
+        assert len(self._decode_held) == sum(self._crossed_blocks(r, r.decode_offset + self.step)
+                                             for b in self.buckets for r in b.values())
         for r in self.running.values():
             c = r.decode_offset + self.step if r.decode_bucket >= 0 else r.num_computed
             assert 0 <= c <= r.num_tokens if r.decode_bucket < 0 else c < r.prompt_tokens + r.output_tokens
-            assert len(r.blocks) * self.bs >= c
+            implied = len(r.blocks) + (self._crossed_blocks(r, c) if r.decode_bucket >= 0 else 0)
+            assert implied * self.bs >= c
         assert all(r.state == WAITING and not r.blocks for r in self.waiting)
         assert all(r.state == SWAPPED and not r.blocks and r.swapped_blocks for r in self.swapped)
         assert sum(r.swapped_blocks for r in self.swapped) == self.preemption.used_blocks
