@@ -15,6 +15,7 @@ including static batching's padded rows, which emit no token.
 from __future__ import annotations
 
 from array import array
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,9 @@ class Recorder:
     def _run_columns(self, columns) -> dict[str, np.ndarray]:
         """The fast-forwarded rows of ``columns`` (and replica, start_s), column by column
         (constant columns repeated per run)."""
-        table = np.array(self._runs, dtype=_FLOAT64)  # integers < 2**53: exact
+        runs = self._runs  # integers < 2**53: exact as float64
+        width = len(runs[0])
+        table = np.fromiter(chain.from_iterable(runs), dtype=_FLOAT64, count=len(runs) * width).reshape(-1, width)
         k = table[:, 0].astype(_INT64)
         total = int(k.sum())
         want = set(columns) | {"replica", "start_s"}
