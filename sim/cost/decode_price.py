@@ -88,23 +88,15 @@ class DecodePriceMixin:
             step) starting at ``t``: each step's start, total (gemm + attention + other + host,
             in step_time's order) and attention seconds, stopping after the first step that
             ends at or after ``horizon``; returns them and the end time.  Each step's attention
-            is ``f``'s, bit for bit (tested): where the whole run is memory-bound, ``f``'s
-            arithmetic without its compute-roof branches, with the correction knot and the
-            table segment found by walking forward (the context sum only grows)."""
+            is ``f``'s, bit for bit (tested): ``f``'s arithmetic without its compute-roof
+            branches, with the correction knot and the table segment found by walking forward
+            (the context sum only grows).  None where that does not apply (the run is not
+            memory-bound throughout, or the profile has no correction or a table with class
+            breaks): the caller then prices step by step with ``f``."""
+            if not (fast and m > 0 and memory_bound(c) and memory_bound(c + (m - 1) * num)):
+                return None  # the caller steps ``f`` one step at a time
             starts, totals, attn = [], [], []
             s_app, t_app, a_app = starts.append, totals.append, attn.append
-            if not (fast and m > 0 and memory_bound(c) and memory_bound(c + (m - 1) * num)):
-                for _ in range(m):
-                    a = f(c)
-                    tot = gemm_s + a + other_s + host_s
-                    s_app(t)
-                    t_app(tot)
-                    a_app(a)
-                    t = t + tot
-                    c += num
-                    if t >= horizon:
-                        break
-                return starts, totals, attn, t
             jb = bis(cbx, c)
             sk, sg = segs[jb]
             nxt = cbx[jb]

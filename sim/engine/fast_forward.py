@@ -70,8 +70,9 @@ class FastForwardMixin:
         the attention seconds of a step with decode context sum ``c``, ``fixed_s`` the step's
         other parts (gemm, other, host), added in ``step_time``'s order; with ``fixed_s`` None,
         ``price(c)`` is the step's whole StepTime (cost models without a decode-step function).
-        A ``price`` with a ``run`` attribute prices the whole run in one call
-        (sim.cost.decode_price: the same arithmetic, bit for bit).
+        A ``price`` with a ``run`` attribute prices the whole run in one call where it can
+        (sim.cost.decode_price: the same arithmetic, bit for bit), else steps are priced
+        one by one.
 
         Takes the run's blocks (``_decode_held``: a steady decode's blocks join its list
         when it leaves decode) and returns (starts, totals, attn,
@@ -100,10 +101,10 @@ class FastForwardMixin:
             m = k
         c = self.decode_computed_sum + n
         run = getattr(price, "run", None)
-        if fixed_s is not None and run is not None:
-            starts, totals, attn, t = run(c, m, now, horizon, *fixed_s)
-        else:
-            starts, totals, attn, t = self._price_steps(m, c, n, price, fixed_s, now, horizon)
+        out = run(c, m, now, horizon, *fixed_s) if fixed_s is not None and run is not None else None
+        if out is None:
+            out = self._price_steps(m, c, n, price, fixed_s, now, horizon)
+        starts, totals, attn, t = out
         taken = len(starts)
         used = list(accumulate(islice(cycle(lens), taken), initial=used0))[1:]  # in use after each step
         if used and used[-1] > used0:  # the run's blocks (held for the crossing requests)
