@@ -57,6 +57,17 @@ class CsvOut:
         self.f.close()
 
 
+def write_pass_rows(w: CsvOut, points, backends, got: dict, row_of) -> None:
+    """One CSV row per (point, backend) that ``timing.run_passes`` timed, in grid order:
+    ``row_of(point)`` gives the row's other columns (op, dtype, shape, flops, bytes)."""
+    for pt in points:
+        cols = None
+        for be in backends:
+            if be in got.get(pt, {}):
+                cols = cols or row_of(pt)
+                w.row(backend=be, time_s=f"{got[pt][be]:.6e}", **cols)
+
+
 class Budget:
     def __init__(self, name, seconds):
         self.name, self.seconds, self.t0, self.skipped = name, seconds, time.time(), 0

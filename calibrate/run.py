@@ -28,7 +28,8 @@ import torch
 import triton
 
 from . import grids
-from .harness import BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync
+from .harness import (BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync,
+                      write_pass_rows)
 from .kernels import elementwise, gemm
 from .run_attention import time_decode, time_prefill
 from .timing import (AGGREGATE, DEV, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog,
@@ -195,12 +196,12 @@ def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips, window
 
     got = run_passes("elementwise", points, time_point, bud, skips, windows,
                      lambda pt: f"op={pt[0]} tokens={pt[1]} hidden={pt[2]}", log)
-    for op, t_, hid in points:
+
+    def row_of(pt):
+        op, t_, hid = pt
         flops, byts = grids.elementwise_flops_bytes(op, t_, hid)
-        for be in backends:
-            if be in got.get((op, t_, hid), {}):
-                w.row(op=op, backend=be, dtype="bf16", tokens=t_, hidden=hid,
-                      time_s=f"{got[(op, t_, hid)][be]:.6e}", flops=flops, bytes=byts)
+        return dict(op=op, dtype="bf16", tokens=t_, hidden=hid, flops=flops, bytes=byts)
+    write_pass_rows(w, points, backends, got, row_of)
     log(f"[elementwise] done ({time.time() - bud.t0:.0f} s)")
     torch.cuda.empty_cache()
 

@@ -10,7 +10,7 @@ import torch
 import triton
 
 from . import grids
-from .harness import BUDGET, Budget, CsvOut, Skips, log
+from .harness import BUDGET, Budget, CsvOut, Skips, log, write_pass_rows
 from .kernels import attn_decode, attn_prefill
 from .timing import DEV, bench_pass, run_passes
 
@@ -77,13 +77,13 @@ def time_prefill(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=No
 
     got = run_passes("attn_prefill", points, time_point, bud, skips, windows,
                      _shape_str(("heads", "kv_heads", "head_dim", "batch", "seq_q", "seq_kv")), log)
-    for pt in points:
+
+    def row_of(pt):
         h, kvh, d, bsz, sq, skv = pt
         flops, byts = grids.prefill_flops_bytes(bsz, sq, skv, h, kvh, d)
-        for be in backends:
-            if be in got.get(pt, {}):
-                w.row(op="attn_prefill", backend=be, dtype="bf16", batch=bsz, seq_q=sq, seq_kv=skv,
-                      heads=h, kv_heads=kvh, head_dim=d, time_s=f"{got[pt][be]:.6e}", flops=flops, bytes=byts)
+        return dict(op="attn_prefill", dtype="bf16", batch=bsz, seq_q=sq, seq_kv=skv, heads=h, kv_heads=kvh,
+                    head_dim=d, flops=flops, bytes=byts)
+    write_pass_rows(w, points, backends, got, row_of)
 
 
 def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
@@ -141,11 +141,10 @@ def time_decode(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=Non
 
     got = run_passes("attn_decode", points, time_point, bud, skips, windows,
                      _shape_str(("heads", "kv_heads", "head_dim", "batch", "context")), log)
-    for pt in points:
+
+    def row_of(pt):
         h, kvh, d, b, c = pt
         flops, byts = grids.decode_flops_bytes(b, c, h, kvh, d)
-        for be in backends:
-            if be in got.get(pt, {}):
-                w.row(op="attn_decode", backend=be, dtype="bf16", batch=b, context=c, heads=h,
-                      kv_heads=kvh, head_dim=d, block_size=page, time_s=f"{got[pt][be]:.6e}",
-                      flops=flops, bytes=byts)
+        return dict(op="attn_decode", dtype="bf16", batch=b, context=c, heads=h, kv_heads=kvh, head_dim=d,
+                    block_size=page, flops=flops, bytes=byts)
+    write_pass_rows(w, points, backends, got, row_of)
