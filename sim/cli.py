@@ -101,15 +101,26 @@ def hardware(json_: bool = typer.Option(False, "--json")):
                      "bandwidth_tb_per_s": h.memory_bandwidth_bytes_per_s / 1e12,
                      "bf16_tflops": h.peak_flops("bf16") / 1e12,
                      "fp8_tflops": h.peak_flops_per_s.get("fp8", 0) / 1e12 or None,
-                     "calibrated": not h.efficiency_source.startswith("default")})
+                     "calibrated": not h.efficiency_source.startswith("default"),
+                     "link": h.interconnect.link if h.interconnect else None,
+                     "max_gpus_per_node": h.interconnect.max_gpus_per_node if h.interconnect else 1,
+                     "link_calibrated": bool(h.interconnect and h.interconnect.fits),
+                     "usd_per_gpu_hour": h.price_usd_per_gpu_hour, "price_is_estimate": h.price_is_estimate,
+                     "price_source": h.price_source})
     if json_:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'name':<14}{'memory(GB)':>11}{'HBM(TB/s)':>10}{'bf16(TF)':>9}{'fp8(TF)':>9}  calibrated  GPU")
+    typer.echo(f"{'name':<14}{'memory(GB)':>11}{'HBM(TB/s)':>10}{'bf16(TF)':>9}{'fp8(TF)':>9}  calibrated  "
+               f"{'link':<8}{'GPUs':>5}{'$/GPU-h':>9}  GPU")
     for r in rows:
         fp8 = f"{r['fp8_tflops']:.0f}" if r["fp8_tflops"] else "-"
+        usd = "-" if r["usd_per_gpu_hour"] is None else \
+            ("~" if r["price_is_estimate"] else "") + f"{r['usd_per_gpu_hour']:.2f}"
         typer.echo(f"{r['name']:<14}{r['memory_gb']:>11.1f}{r['bandwidth_tb_per_s']:>10.2f}{r['bf16_tflops']:>9.0f}"
-                   f"{fp8:>9}  {'yes' if r['calibrated'] else 'no':<10}  {r['display_name']}")
+                   f"{fp8:>9}  {'yes' if r['calibrated'] else 'no':<10}  {r['link'] or '-':<8}"
+                   f"{r['max_gpus_per_node']:>5}{usd:>9}  {r['display_name']}")
+    if any(r["price_is_estimate"] for r in rows):
+        typer.echo("~ estimated price (see the profile's price.source)")
 
 
 def _print_op(hw_name: str, op, backend: Optional[str], json_: bool) -> None:
@@ -172,6 +183,55 @@ def cost_elementwise(hardware: str = _HW, op: str = typer.Option(..., "--op", he
     if op not in _ELEMENTWISE:
         _fail(f"--op: expected one of {sorted(_ELEMENTWISE)}, got '{op}'")
     _print_op(hardware, Elementwise(op, tokens, hidden), backend, json_)
+
+
+# -- communication (sim.cost.comm): NCCL collectives inside one node ------------------------------
+_GPUS = typer.Option(..., "--gpus", help="GPUs taking part (1 .. the link's max_gpus_per_node)")
+
+
+def _print_comm(hw_name: str, op: str, nbytes: float, gpus: int, json_: bool) -> None:
+    from sim.cost.comm import CommModel
+    from sim.hardware import load_hardware
+
+    if gpus < 1:
+        _fail(f"--gpus: expected an integer >= 1, got {gpus}")
+    if not nbytes >= 0:
+        _fail(f"--bytes: expected a number >= 0, got {nbytes:g}")
+    b = CommModel(load_hardware(hw_name)).breakdown(op, nbytes, gpus)
+    typer.echo(json.dumps(b, indent=2) if json_ else f"{b['time_s']:.6e}")
+
+
+@cost_app.command("all-reduce")
+@_guard
+def cost_all_reduce(hardware: str = _HW, gpus: int = _GPUS,
+                    bytes_: float = typer.Option(..., "--bytes", help="tensor size per rank"), json_: bool = _JS):
+    """NCCL all-reduce of --bytes per rank over --gpus GPUs of one node."""
+    _print_comm(hardware, "all_reduce", bytes_, gpus, json_)
+
+
+@cost_app.command("all-gather")
+@_guard
+def cost_all_gather(hardware: str = _HW, gpus: int = _GPUS,
+                    bytes_: float = typer.Option(..., "--bytes", help="gathered OUTPUT size per rank"),
+                    json_: bool = _JS):
+    """NCCL all-gather whose gathered output is --bytes per rank."""
+    _print_comm(hardware, "all_gather", bytes_, gpus, json_)
+
+
+@cost_app.command("reduce-scatter")
+@_guard
+def cost_reduce_scatter(hardware: str = _HW, gpus: int = _GPUS,
+                        bytes_: float = typer.Option(..., "--bytes", help="INPUT size per rank"), json_: bool = _JS):
+    """NCCL reduce-scatter whose input is --bytes per rank."""
+    _print_comm(hardware, "reduce_scatter", bytes_, gpus, json_)
+
+
+@cost_app.command("send-recv")
+@_guard
+def cost_send_recv(hardware: str = _HW, bytes_: float = typer.Option(..., "--bytes", help="bytes transferred"),
+                   json_: bool = _JS):
+    """One NCCL send/recv of --bytes between two GPUs of one node."""
+    _print_comm(hardware, "send_recv", bytes_, 2, json_)
 
 
 def _mount_optional() -> None:

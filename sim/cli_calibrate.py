@@ -1,7 +1,8 @@
 """``servesim calibrate``: fit a hardware profile to calibrate/ measurements, report, model check.
 
-Commands: ``fit DATA_DIR --out PROFILE.yaml [--base BASE.yaml]``, ``report DATA_DIR --profile
-PROFILE.yaml --out REPORT.md``, ``check-model MODEL_CHECK.csv --hardware PROFILE``.  The fitting
+Commands: ``fit DATA_DIR --out PROFILE.yaml [--base BASE.yaml]`` (kernel CSVs and/or the NCCL
+times of ``nccl.csv``), ``report DATA_DIR --profile PROFILE.yaml --out REPORT.md``,
+``check-model MODEL_CHECK.csv --hardware PROFILE``.  The fitting
 code lives in the repository's ``calibrate/`` folder (next to ``sim/``), not in the installed
 package; this module puts the repository root on ``sys.path`` when needed.
 Every input problem is a one-line error and exit code 2.
@@ -51,19 +52,44 @@ def fit(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/ with th
         out: Path = typer.Option(..., "--out", help="profile YAML to write"),
         base: Optional[Path] = typer.Option(None, "--base", help="profile with the datasheet figures "
                                             "(default: hardware_profiles/<data folder name>.yaml)")):
-    """Fit efficiency curves to measured kernel times; write a hardware profile."""
+    """Fit efficiency curves to measured kernel times (and, when DATA_DIR has nccl.csv, the
+    interconnect to NCCL times); write a hardware profile."""
     from calibrate.fit import fit_profile
+    from calibrate.fit_nccl import fit_interconnect
+    from sim.config import read_yaml
+    from sim.hardware import OP_KINDS, profile_from_dict
     if not data_dir.is_dir():
         fail(f"{data_dir}: no such directory")
     if base is None:
         base = PROFILES_DIR / f"{data_dir.resolve().name}.yaml"
         if not base.exists():
             fail(f"no base profile {base.name} in hardware_profiles/ for data folder '{data_dir.name}'; pass --base")
-    d = fit_profile(data_dir, base)
+    has_nccl = (data_dir / "nccl.csv").exists()
+    kernels = any((data_dir / f"{k}.csv").exists() for k in OP_KINDS)
+    if has_nccl and not kernels:
+        if not base.exists():
+            fail(f"{base}: no such base profile")
+        d = dict(read_yaml(base))  # NCCL data only: the base profile's efficiency curves stay as they are
+    else:
+        d = fit_profile(data_dir, base)
+    if has_nccl:
+        d["interconnect"] = fit_interconnect(data_dir, d.get("interconnect"), str(base))
+        profile_from_dict(d, str(out))  # the written section must load (ConfigError: one line, exit 2)
+    src = (d.get("efficiency") or {}).get("source", "default")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# {d['display_name']}: datasheet figures + efficiency curves fitted by "
-                   f"`servesim calibrate fit` ({d['efficiency']['source']}).\n" + dump_profile(d))
-    typer.echo(f"wrote {out}  ({d['efficiency']['source']})")
+    head = (f"datasheet figures + efficiency curves fitted by `servesim calibrate fit` ({src})" if kernels else
+            f"{base.name} with its interconnect fitted by `servesim calibrate fit` to {data_dir.name}/nccl.csv")
+    out.write_text(f"# {d['display_name']}: {head}.\n" + dump_profile(d))
+    typer.echo(f"wrote {out}  ({src})")
+    if has_nccl:
+        c = d["interconnect"]["calibrated"]
+        typer.echo(f"interconnect: {d['interconnect']['link']} fitted to {c['data']}/nccl.csv: {c['points']} points, "
+                   f"held-out median {c['heldout_median_abs_pct_err']}%, p90 {c['heldout_p90_abs_pct_err']}%")
+        for f in d["interconnect"]["fitted"]:
+            typer.echo(f"  {f['op']:11s} {f['world_size']} GPUs: {len(f['lines'])} line(s), held-out median "
+                       f"{f['heldout_median_abs_pct_err']}%, p90 {f['heldout_p90_abs_pct_err']}%")
+    if not kernels:
+        return
     typer.echo(f"{'op':14s}{'backend':9s}{'points':>7s}{'cf':>7s}{'bf':>7s}{'held-out med%':>15s}{'p90%':>7s}")
     for be, ops in d["efficiency"]["backends"].items():
         for kind, c in ops.items():

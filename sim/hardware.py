@@ -15,6 +15,8 @@ roofline + launch) at each measured size, interpolated in log-log space between 
 sizes (never across a kernel's tile-class or wave break) and clamped beyond them; an op of a
 family with a table costs (max(...) + launch_s) x ratio (for a GEMM kernel with fixed tiles,
 ``gemm_tiles``, the compute roof in whole waves of tiles), any other op the formula above. Uncalibrated profiles carry documented defaults (``efficiency.source``).
+The node's GPU-to-GPU links and the on-demand price of a GPU-hour come from the profile's
+``interconnect`` and ``price`` sections (parsed by sim.interconnect, priced by sim.cost.comm).
 
 Ignores: clock throttling, power limits, ECC, MIG partitions.
 """
@@ -29,6 +31,7 @@ from typing import Any, Mapping
 import yaml
 
 from sim.config import ConfigError, read_yaml
+from sim.interconnect import Interconnect, parse_interconnect, parse_price
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles"
 OP_KINDS = ("gemm", "attn_prefill", "attn_decode", "elementwise")
@@ -170,6 +173,11 @@ class HardwareProfile:
     efficiency: Mapping[str, Mapping[str, OpEfficiency]] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
     path: str = ""
+    # GPU-to-GPU links of one node (sim.interconnect; priced by sim.cost.comm); None if the profile has none
+    interconnect: Interconnect | None = None
+    price_usd_per_gpu_hour: float | None = None  # on-demand list price, see price_source
+    price_source: str = ""
+    price_is_estimate: bool = False
 
     def peak_flops(self, dtype: str) -> float:
         d = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float32": "fp32"}.get(dtype, dtype)
@@ -319,6 +327,8 @@ def profile_from_dict(d: Mapping, src: str = "<dict>") -> HardwareProfile:
     for k in ("memory_bytes", "memory_bandwidth_bytes_per_s", "l2_bytes"):
         if not isinstance(d[k], (int, float)) or d[k] <= 0:
             raise ConfigError(k, f"expected a positive number, got {d[k]!r}", src)
+    ic = parse_interconnect(d["interconnect"], src) if d.get("interconnect") is not None else None
+    price = parse_price(d["price"], src) if d.get("price") is not None else (None, "", False)
     return HardwareProfile(
         name=str(d["name"]), display_name=str(d["display_name"]),
         memory_bytes=float(d["memory_bytes"]),
@@ -331,6 +341,7 @@ def profile_from_dict(d: Mapping, src: str = "<dict>") -> HardwareProfile:
         default_backend=str(eff_section.get("default_backend", "vendor")),
         efficiency_source=str(eff_section.get("source", "default")),
         efficiency=eff, calibration=dict(d.get("calibration") or {}), path=src,
+        interconnect=ic, price_usd_per_gpu_hour=price[0], price_source=price[1], price_is_estimate=price[2],
     )
 
 
