@@ -3,13 +3,16 @@
 Models: every op of one engine step, per layer: QKV/O/gate-up/down GEMMs over all tokens
 of the step, attention for the prefill chunks (causal over their real context) and for the
 decode requests (over their summed context), RMSNorms, rotary, SiLU-and-mul, residual adds;
-once per step: embedding gather, final norm, LM head over the sampled tokens and sampling.
+once per step: embedding gather, final norm, LM head over the sampled tokens and sampling
+(a pipeline stage runs only its own layers: ``embed`` / ``head`` say whether it also runs the
+embedding gather / the final norm, LM head and sampling, as the first / last stage does).
 Each op is priced by the hardware's affine roofline (`sim.cost.ops`) with the efficiency
 curves of the chosen kernel backend; a fixed host overhead per step is added (scheduling,
 input preparation, sampling bookkeeping on the CPU), as is a per-kernel launch cost.
 
-Ignores: tensor/pipeline parallel communication (one GPU), CUDA graphs (launches are priced
-as eager), overlap of host work with GPU work, LoRA, quantization scale math.
+Ignores: tensor/pipeline parallel communication (``sim.cost.parallel`` adds it around a sharded
+model), CUDA graphs (launches are priced as eager), overlap of host work with GPU work, LoRA,
+quantization scale math.
 """
 from __future__ import annotations
 
@@ -51,8 +54,16 @@ class RooflineCost(DecodePriceMixin):
     """Per-op roofline of one step of ``model`` on ``hardware``."""
 
     def __init__(self, model: ModelSpec, hardware: HardwareProfile, host_overhead_s: float = 0.0,
-                 backend: str | None = None, dtype: str | None = None):
+                 backend: str | None = None, dtype: str | None = None, embed: bool = True,
+                 head: bool = True, sample_vocab: int | None = None):
+        """``embed``: the step runs the embedding gather; ``head``: it runs the final norm, the LM
+        head and sampling (a pipeline stage other than the first / last does not);
+        ``sample_vocab``: the width sampling reads (default the model's vocabulary; a TP rank's
+        LM head is ``vocab / tp`` wide but samples the gathered full-vocabulary logits)."""
         self.model = model
+        self.embed = bool(embed)
+        self.head = bool(head)
+        self.sample_vocab = model.vocab_size if sample_vocab is None else int(sample_vocab)
         self.hw = hardware
         self.backend = backend or hardware.default_backend
         self.host_overhead_s = float(host_overhead_s)
@@ -119,7 +130,7 @@ class RooflineCost(DecodePriceMixin):
         if hit is not None:
             return hit
         tg, to = self._per_token_part(tokens) if tokens else (0.0, 0.0)
-        sg, so = self._sampled_part(sampled) if sampled else (0.0, 0.0)
+        sg, so = self._sampled_part(sampled) if sampled and self.head else (0.0, 0.0)
         out = (tg + sg, to + so)
         if len(self._dense_cache) < _CACHE_LIMIT:
             self._dense_cache[key] = out
@@ -194,8 +205,10 @@ class RooflineCost(DecodePriceMixin):
         gemm = sum(L * f(tokens) for f in gemms)
         norm, add = norm_f(tokens), add_f(tokens)
         other = L * (norm + norm + rot_f(tokens) + silu_f(tokens) + add + add)
-        other += copy_f(tokens)
-        other += norm
+        if self.embed:
+            other += copy_f(tokens)
+        if self.head:
+            other += norm
         out = (gemm, other)
         if len(self._token_cache) < _CACHE_LIMIT:
             self._token_cache[tokens] = out
@@ -208,7 +221,7 @@ class RooflineCost(DecodePriceMixin):
             return hit
         m, dt, op = self.model, self.dtype, self._op_s
         out = (op(Gemm(sampled, m.vocab_size, m.hidden_size, dt)),
-               op(Elementwise("copy", sampled, 2 * m.vocab_size, dt)))  # read+write [sampled, vocab] fp32
+               op(Elementwise("copy", sampled, 2 * self.sample_vocab, dt)))  # read+write [sampled, vocab] fp32
         if len(self._sampled_cache) < _CACHE_LIMIT:
             self._sampled_cache[sampled] = out
         return out
