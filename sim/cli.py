@@ -65,11 +65,26 @@ def run(config: Path = typer.Argument(..., help="simulation YAML"),
     if json_:
         typer.echo(json.dumps(res.summary(), indent=2))
     else:
-        typer.echo(f"{cfg.model} on {cfg.hardware} (efficiency: {res.info['efficiency_source'].split(':')[0]}), "
-                   f"KV capacity {res.info['kv_capacity_tokens']:,} tokens")
+        for line in _pool_lines(res.info):
+            typer.echo(line)
         typer.echo(res.format())
         if out is not None:
             typer.echo(f"results written to {out}/")
+
+
+def _pool_lines(info: dict) -> list[str]:
+    """What runs where: one line for a lone replica, one per pool for a cluster."""
+    pools = info.get("pools") or []
+    out = []
+    for p in pools:
+        par = "".join(f" x {k.upper()}{p[k]}" for k in ("tp", "pp") if p[k] > 1)
+        what = (f"{p['model']} on {p['hardware']}{par} (efficiency: {p['efficiency_source'].split(':')[0]}), "
+                f"KV capacity {p['kv_capacity_tokens_per_replica']:,} tokens")
+        if len(pools) == 1 and p["num_replicas"] == 1:
+            out.append(what)
+        else:
+            out.append(f"pool {p['name']}: {p['num_replicas']} x {what} per replica")
+    return out
 
 
 @app.command()

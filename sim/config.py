@@ -1,39 +1,22 @@
-"""Frozen configuration dataclasses and the strict YAML loader.
+"""Frozen configuration dataclasses.
 
 Models: every knob of a simulation as plain, picklable, frozen data. A run is a pure
-function of (resolved config, seed). Loading is strict: an unknown key, a wrong type or
-an impossible value raises :class:`ConfigError` naming the file, the dotted key and what
-was expected. ``--set a.b=c`` overrides parse their value as YAML and may replace a
-whole sub-config.
+function of (resolved config, seed). A run is always a cluster: a config without
+``cluster:`` is one pool of one replica built from the top-level ``model``, ``hardware``,
+``parallelism`` and ``engine``; pools inherit those unless they set their own (resolved
+at construction, so a loaded config shows every pool whole). Loading is strict
+(``sim.config_loader``, re-exported here): an unknown key, a wrong type or an impossible
+value raises :class:`ConfigError` naming the file, the dotted key and what was expected.
 
 Ignores: anything not declared here; there are no global defaults outside these classes.
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with the file, the dotted key and what was expected."""
-
-    def __init__(self, key: str, message: str, source: str | None = None):
-        self.key = key
-        self.source = source
-        self.message = message
-        where = f"{source}: " if source else ""
-        keytxt = f"key '{key}': " if key else ""
-        super().__init__(f"{where}{keytxt}{message}")
-
-    def with_source(self, source: str) -> "ConfigError":
-        return ConfigError(self.key, self.message, source)
+from sim.errors import ConfigError
 
 
 def _c(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -64,6 +47,9 @@ class TraceSpec:
     time_scale: float = field(default=1.0, metadata=_c(gt=0, doc="multiply inter-arrival times"))
     target_rate_per_s: float | None = field(default=None, metadata=_c(gt=0))
     sample_frac: float = field(default=1.0, metadata=_c(gt=0, le=1))
+    copies: int = field(default=1, metadata=_c(
+        ge=1, doc="superpose this many copies, each shifted by a random offset within the trace's span "
+                  "(wrapped): N times the traffic with the same daily/hourly profile"))
     on_bad_row: str = field(default="error", metadata=_c(choices=("error", "skip")))
 
 
@@ -188,210 +174,113 @@ def _slo_classes(value: Any, key: str) -> dict[int, SLOTargets]:
 
 
 @dataclass(frozen=True)
+class ParallelismConfig:
+    """How one replica is split over GPUs (see docs/parallelism.md)."""
+
+    tp: int = field(default=1, metadata=_c(ge=1, doc="tensor-parallel GPUs (heads, KV heads and MLP columns split)"))
+    pp: int = field(default=1, metadata=_c(ge=1, doc="pipeline stages (layers split; pp micro-batches in flight)"))
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Which router spreads requests over the replicas (sim.cluster.routers), or
+    ``path/to/file.py:Class`` for your own (docs/routers.md)."""
+
+    name: str = "round_robin"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """``num_replicas`` identical replicas. Fields left out (None) take the top-level value;
+    in YAML a pool's ``engine`` overrides the top-level engine key by key."""
+
+    name: str = field(metadata=_c(doc="pool name (unique); the requests frame's pool column"))
+    num_replicas: int = field(default=1, metadata=_c(ge=1))
+    model: str | None = None
+    hardware: str | None = None
+    parallelism: ParallelismConfig | None = None
+    engine: EngineConfig | None = None
+    cost_model: CostConfig | None = None
+    price_usd_per_gpu_hour: float | None = field(default=None, metadata=_c(
+        ge=0, doc="overrides the hardware profile's price per GPU-hour"))
+    router_weight: float | None = field(default=None, metadata=_c(
+        gt=0, doc="relative capacity routers weigh by; None = from the replica's decode throughput"))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Pools of replicas behind one router."""
+
+    pools: tuple[PoolConfig, ...] = field(metadata=_c(doc="at least one pool"))
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def _check(self, prefix: str) -> None:
+        if not self.pools:
+            raise ConfigError(f"{prefix}.pools", "expected at least one pool")
+        seen = set()
+        for i, p in enumerate(self.pools):
+            if not p.name or not p.name.strip():
+                raise ConfigError(f"{prefix}.pools[{i}].name", "expected a non-empty name")
+            if p.name in seen:
+                raise ConfigError(f"{prefix}.pools[{i}].name", f"pool name '{p.name}' is used twice")
+            seen.add(p.name)
+
+
+DEFAULT_POOL = "default"
+
+
+@dataclass(frozen=True)
 class SimConfig:
-    """A whole simulation: model, hardware, engine, workload, seed."""
+    """A whole simulation: model, hardware, parallelism, engine, workload, cluster, seed."""
 
     model: str = field(metadata=_c(doc="shipped model name or path to an HF config.json / model YAML"))
-    hardware: str = field(metadata=_c(doc="hardware profile name or path to a profile YAML"))
+    hardware: str | None = field(default=None, metadata=_c(
+        doc="hardware profile name or path to a profile YAML (required unless every pool sets one)"))
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     cost_model: CostConfig = field(default_factory=CostConfig)
+    cluster: ClusterConfig | None = field(default=None, metadata=_c(
+        doc="pools of replicas behind a router; none = one replica of the top-level settings"))
     slo: SLOConfig | None = None
     seed: int = field(default=0, metadata=_c(ge=0))
     fast_forward: bool = field(default=True, metadata=_c(doc="fast-forward pure-decode runs (same results, faster)"))
     base_dir: str = field(default=".", metadata=_c(doc="where relative paths resolve (set by the loader)"))
 
+    def __post_init__(self):
+        if self.cluster is not None:  # pools inherit what they leave out
+            top = {"model": self.model, "hardware": self.hardware, "parallelism": self.parallelism,
+                   "engine": self.engine, "cost_model": self.cost_model}
+            pools = tuple(dataclasses.replace(p, **{k: v for k, v in top.items() if getattr(p, k) is None})
+                          for p in self.cluster.pools)
+            object.__setattr__(self, "cluster", dataclasses.replace(self.cluster, pools=pools))
 
-# ----------------------------------------------------------------------------- loading
+    def _check(self, prefix: str) -> None:
+        for i, p in enumerate(self.pools):
+            if p.hardware is None:
+                key = "hardware" if self.cluster is None else f"cluster.pools[{i}].hardware"
+                raise ConfigError(key, "missing: set the top-level hardware or the pool's own "
+                                       "(a profile name or a path to a profile YAML)")
 
-def _type_name(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin in (Mapping, collections.abc.Mapping, dict) or tp in (dict,):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(a, value, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, key)
-    if origin in (Mapping, collections.abc.Mapping, dict) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(key, f"unsupported field type {tp}")
+    @property
+    def pools(self) -> tuple[PoolConfig, ...]:
+        """The pools of this run, each whole (a config without ``cluster`` is one pool of one
+        replica named 'default')."""
+        if self.cluster is not None:
+            return self.cluster.pools
+        return (PoolConfig(DEFAULT_POOL, 1, self.model, self.hardware, self.parallelism, self.engine,
+                           self.cost_model),)
 
 
-def _check_bounds(meta: Mapping, value: Any, key: str) -> None:
-    if value is None or not meta:
-        return
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(key, f"expected one of {list(meta['choices'])}, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if meta.get("ge") is not None and value < meta["ge"]:
-            raise ConfigError(key, f"expected a value >= {meta['ge']}, got {value!r}")
-        if meta.get("gt") is not None and value <= meta["gt"]:
-            raise ConfigError(key, f"expected a value > {meta['gt']}, got {value!r}")
-        if meta.get("le") is not None and value > meta["le"]:
-            raise ConfigError(key, f"expected a value <= {meta['le']}, got {value!r}")
+# the loader (strict conversion from plain data), re-exported: sim.config is where callers look
+from sim.config_loader import (  # noqa: E402
+    apply_overrides, dump_yaml, from_dict, load_config, read_yaml, to_dict, _convert)
 
-
-def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data`` strictly; errors carry the dotted key."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        k = unknown[0]
-        raise ConfigError(f"{prefix}.{k}" if prefix else str(k),
-                          f"unknown key; expected one of {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            value = _convert(hints[name], data[name], key)
-            _check_bounds(f.metadata, value, key)
-            kwargs[name] = value
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(key, f"missing required key ({_type_name(hints[name])})")
-    obj = cls(**kwargs)
-    check = getattr(obj, "_check", None)
-    if check:
-        check(prefix)
-    return obj
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (for YAML/JSON output)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def apply_overrides(data: dict, overrides: Mapping[str, Any] | list[str]) -> dict:
-    """Return a copy of ``data`` with dotted-key overrides applied.
-
-    ``overrides`` is either ``["a.b=yaml", ...]`` (CLI form, values parsed as YAML) or a
-    mapping ``{"a.b": value}`` (Python form; ``a__b`` is accepted for keyword arguments).
-    """
-    import copy
-
-    out = copy.deepcopy(data)
-    items: list[tuple[str, Any]] = []
-    if isinstance(overrides, Mapping):
-        items = [(k.replace("__", "."), v) for k, v in overrides.items()]
-    else:
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(item, "override must look like key.path=value")
-            k, v = item.split("=", 1)
-            try:
-                items.append((k.strip(), yaml.safe_load(v)))
-            except yaml.YAMLError as e:
-                raise ConfigError(k.strip(), f"override value is not valid YAML: {e}") from None
-    for key, value in items:
-        parts = key.split(".")
-        node = out
-        for i, p in enumerate(parts[:-1]):
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(".".join(parts[: i + 1]), "cannot set a sub-key of a non-mapping value")
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; errors name the file and the line."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("", f"no such file", str(p))
-    try:
-        # libyaml's C loader when present (same safe semantics; calibrated profiles are large)
-        data = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"invalid YAML{where}: {getattr(e, 'problem', e)}", str(p)) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}", str(p))
-    return data
-
-
-def load_config(source: str | Path | Mapping | SimConfig,
-                overrides: Mapping[str, Any] | list[str] | None = None) -> SimConfig:
-    """Load a :class:`SimConfig` from a YAML path, a mapping or a config, with overrides."""
-    src_name = None
-    base_dir = "."
-    if isinstance(source, SimConfig):
-        data = to_dict(source)
-        base_dir = source.base_dir
-    elif isinstance(source, Mapping):
-        data = dict(source)
-        src_name = "<dict>"
-    else:
-        data = read_yaml(source)
-        src_name = str(source)
-        base_dir = str(Path(source).resolve().parent)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    data.setdefault("base_dir", data.get("base_dir", base_dir))
-    try:
-        return from_dict(SimConfig, data)
-    except ConfigError as e:
-        raise e.with_source(src_name or "<config>") from None
-
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+__all__ = ["ConfigError", "DistSpec", "TraceSpec", "WorkloadConfig", "EngineConfig", "CostConfig",
+           "SLOTargets", "SLOConfig", "ParallelismConfig", "RouterConfig", "PoolConfig", "ClusterConfig",
+           "SimConfig", "apply_overrides", "dump_yaml", "from_dict", "load_config", "read_yaml", "to_dict"]

@@ -1,11 +1,13 @@
 """Build a simulation from a config, run it, and hold its results.
 
-Models: the wiring of one run: model + hardware -> cost model and KV capacity; scheduler
-and replica; a request source (open loop: one simpy process that submits each request at
-its arrival time; closed loop: clients that submit their next request when the previous
-one finishes). A run is a pure function of the resolved config and its seed.
+Models: the wiring of one run: pools of replicas (sim.cluster.build: model + hardware +
+parallelism -> memory layout, cost model and KV capacity; scheduler and replica per
+replica; a router over them) and a request source (open loop: one simpy process that
+submits each request at its arrival time; closed loop: clients that submit their next
+request when the previous one finishes). A run is a pure function of the resolved config
+and its seed; a config without ``cluster:`` is one pool of one replica.
 
-Ignores: multiple replicas and routing (sim.cluster, a later issue).
+Ignores: anything outside the engines (tokenizers, network, load balancers' own latency).
 """
 from __future__ import annotations
 
@@ -16,23 +18,22 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import simpy
 
-from sim.config import SimConfig, dump_yaml, load_config
+from sim.cluster.build import Cluster, build_cluster, build_pools
+from sim.config import ConfigError, SimConfig, dump_yaml, load_config
 from sim.cost.base import cost_models
-import sim.cost  # noqa: F401  (registers the cost models)
-from sim.engine.build import build_engine
-from sim.engine.replica import Replica
 from sim.engine.request import Request
-from sim.hardware import HardwareProfile, load_hardware
-from sim.kv.manager import activation_reserve_bytes, kv_capacity_blocks
+from sim.hardware import HardwareProfile
+from sim.metrics.cluster_summary import cluster_summary
 from sim.metrics.records import Recorder
 from sim.metrics.summary import format_summary, summarize
-from sim.model_spec import ModelSpec, load_model
+from sim.model_spec import ModelSpec
 from sim.rng import RngStreams
 from sim.workload.generator import RequestStream, build_stream
 
 
-# the iteration columns summary() reads
-SUMMARY_ITERATION_COLUMNS = ["start_s", "step_s", "num_decode", "num_itl_tokens", "num_waiting", "kv_usage_frac"]
+# the iteration columns summary() reads (the replica: per-replica saturation and per-pool figures)
+SUMMARY_ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_decode", "num_itl_tokens", "num_waiting",
+                             "kv_usage_frac"]
 
 
 class Results:
@@ -70,8 +71,13 @@ class Results:
             if self._summary_iterations is None:
                 self._summary_iterations = self._build(SUMMARY_ITERATION_COLUMNS)
             it = self._summary_iterations
-        return summarize(self.requests, it, self.extra_itl_s, self.config.slo,
-                         self.config.engine.max_num_seqs)
+        pools = self.info.get("pools")
+        max_seqs = [p["max_num_seqs"] for p in pools for _ in range(p["num_replicas"])] if pools else \
+            self.config.engine.max_num_seqs
+        s = summarize(self.requests, it, self.extra_itl_s, self.config.slo, max_seqs)
+        if pools:
+            s.update(cluster_summary(self.requests, it, pools, s))
+        return s
 
     def format(self) -> str:
         return format_summary(self.summary())
@@ -93,46 +99,40 @@ class Results:
 
 
 def build_cost(cfg: SimConfig, model: ModelSpec, hw: HardwareProfile):
+    """The step-cost model of ``cfg``'s top-level settings on one GPU (library helper)."""
     return cost_models.build(cfg.cost_model.name, cfg.cost_model.params, key="cost_model",
                              model=model, hardware=hw, host_overhead_s=cfg.engine.host_overhead_s)
 
 
 def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> Results:
     """Run ``cfg`` to completion (every request finished or rejected)."""
-    eng = cfg.engine
-    model = load_model(cfg.model, cfg.base_dir)
-    hw = load_hardware(cfg.hardware, cfg.base_dir)
-    if eng.max_num_batched_tokens < eng.max_num_seqs:
-        from sim.config import ConfigError
-        raise ConfigError("engine.max_num_batched_tokens",
-                          f"must be >= engine.max_num_seqs ({eng.max_num_seqs}), as vLLM requires")
-    reserve = (eng.activation_reserve_bytes if eng.activation_reserve_bytes is not None
-               else activation_reserve_bytes(model, eng.max_num_batched_tokens, eng.max_num_seqs))
-    num_blocks = kv_capacity_blocks(model, hw, eng.block_size_tokens, eng.gpu_memory_utilization, reserve)
-    cost = build_cost(cfg, model, hw)
+    if cfg.pools[0].hardware is None:
+        raise ConfigError("hardware", "missing: set the top-level hardware or each pool's own")
+    pools = build_pools(cfg)
     streams = RngStreams(cfg.seed)
     stream = build_stream(cfg.workload, cfg.base_dir, streams)
-
     env = simpy.Environment()
-    rec = Recorder(num_blocks)
-    max_model_len = eng.max_model_len or model.max_position_embeddings
-    sched, cost, engine_info = build_engine(eng, model, hw, num_blocks, cost, max_model_len)
+    kv_totals = [p.layout.kv_blocks for p in pools for _ in range(p.config.num_replicas)]
+    rec = Recorder(kv_totals[0] if len(kv_totals) == 1 else kv_totals)
     total = len(stream.prompt_tokens) if not (stream.closed and stream.more_lengths) else None
     if progress is not None:
         rec.progress = lambda n: progress(n, total)
     source = _ClosedLoopSource(env, stream) if stream.closed else None
-    replica = Replica(env, 0, sched, cost, rec, max_model_len,
-                      on_finish=source.on_finish if source else None)
-    replica.fast_forward = cfg.fast_forward
+    cluster = build_cluster(cfg, env, pools, rec, streams, on_finish=source.on_finish if source else None)
     if source:
-        source.start(replica)
+        source.start(cluster)
     else:
-        env.process(_open_loop(env, replica, stream))
+        env.process(_open_loop(env, cluster, stream))
     env.run()
-    info = {"model": model.summary(), "hardware": hw.name, "efficiency_source": hw.efficiency_source,
-            "kv_blocks": num_blocks, "kv_capacity_tokens": num_blocks * eng.block_size_tokens,
-            "activation_reserve_bytes": reserve, "max_model_len": max_model_len, **engine_info}
-    return Results(cfg, rec.requests_frame(), rec.iterations_frame, rec.extra_itl_s, info)
+    p0 = pools[0]
+    info = {"model": p0.model.summary(), "hardware": p0.hardware.name,
+            "efficiency_source": p0.hardware.efficiency_source,
+            "kv_blocks": p0.layout.kv_blocks, "kv_capacity_tokens": p0.layout.kv_capacity_tokens,
+            "activation_reserve_bytes": p0.layout.activation_reserve_bytes_per_gpu,
+            "max_model_len": p0.max_model_len, **p0.engine_info,
+            "pools": [p.info() for p in pools]}
+    pool_of = [p.name for p in pools for _ in range(p.config.num_replicas)]
+    return Results(cfg, rec.requests_frame(pool_of), rec.iterations_frame, rec.extra_itl_s, info)
 
 
 def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> Request:
@@ -142,14 +142,25 @@ def _make_request(stream: RequestStream, i: int, t: float, client: int = -1) -> 
                    hash_ids=h, client=client)
 
 
-def _open_loop(env: simpy.Environment, replica: Replica, stream: RequestStream):
+def _open_loop(env: simpy.Environment, cluster: Cluster, stream: RequestStream):
+    """Submit each request at its arrival time. A lone replica plans its decode runs up to the
+    next arrival (``horizon_s``); in a cluster every replica plans past it (its runs can be
+    cut) and chains runs only up to it (``clock.next_s``)."""
     times = stream.arrival_s.tolist()
+    clock = cluster.clock
+    lone = cluster.replicas[0] if cluster.single else None
+    submit = cluster.submit
+    arrival = clock.arrival
     for i, t in enumerate(times):
-        replica.horizon_s = t
+        arrival(t)
+        if lone is not None:
+            lone.horizon_s = t
         if t > env.now:
             yield env.timeout(t - env.now)
-        replica.submit(_make_request(stream, i, env.now))
-    replica.horizon_s = float("inf")
+        submit(_make_request(stream, i, env.now))
+    clock.next_s = float("inf")
+    if lone is not None:
+        lone.horizon_s = float("inf")
 
 
 class _ClosedLoopSource:
@@ -159,7 +170,7 @@ class _ClosedLoopSource:
         self.env = env
         self.stream = stream
         self.next_id = 0
-        self.replica: Replica | None = None
+        self.cluster: Cluster | None = None
 
     def _available(self) -> bool:
         s = self.stream
@@ -178,10 +189,10 @@ class _ClosedLoopSource:
         if self._available():
             i = self.next_id
             self.next_id += 1
-            self.replica.submit(_make_request(self.stream, i, self.env.now, client))
+            self.cluster.submit(_make_request(self.stream, i, self.env.now, client))
 
-    def start(self, replica: Replica) -> None:
-        self.replica = replica
+    def start(self, cluster: Cluster) -> None:
+        self.cluster = cluster
         for c in range(self.stream.concurrency):
             self._submit(c)
 

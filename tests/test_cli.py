@@ -59,7 +59,15 @@ def test_unknown_model_and_hardware(tmp_path):
 def test_impossible_values(tmp_path):
     p = cfg_file(tmp_path)
     check_error(["run", str(p), "--set", "engine.max_num_seqs=-1"], str(p), "engine.max_num_seqs", ">= 1")
-    check_error(["run", str(p), "--set", "model=llama-3.1-70b"], str(p), "does not fit", "llama-3.1-70b")
+    check_error(["run", str(p), "--set", "model=llama-3.1-70b"], str(p), "llama-3.1-70b needs", "GB per GPU",
+                "smallest layout that fits is tp=2")
+    check_error(["run", str(p), "--set", "parallelism.tp=3"], "parallelism.tp", "must divide")
+    check_error(["run", str(p), "--set", "parallelism.pp=33"], "parallelism.pp")
+    check_error(["run", str(p), "--set", "cluster={pools: [{name: a, num_replicas: 0}]}"],
+                "cluster.pools[0].num_replicas", ">= 1")
+    check_error(["run", str(p), "--set", "cluster={router: {name: nope}, pools: [{name: a, num_replicas: 2}]}"],
+                "cluster.router", "unknown router")
+    check_error(["run", str(p), "--set", "cluster={pools: [{name: a, replica: 2}]}"], "cluster.pools[0].replica")
     check_error(["run", str(p), "--set", "engine.max_num_batched_tokens=8"], "engine.max_num_batched_tokens")
     check_error(["run", str(p), "--set", "workload.arrival={name: poison, params: {}}"],
                 "workload.arrival.name", "poisson")

@@ -23,15 +23,19 @@ def test_golden_default_scenario():
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(s, indent=2, sort_keys=True) + "\n")
     gold = json.loads(GOLDEN.read_text())
-    assert set(s) == set(gold)
-    for k, v in gold.items():
-        if isinstance(v, dict):
-            for q, x in v.items():
-                assert s[k][q] == pytest.approx(x, rel=1e-9), (k, q)
-        elif isinstance(v, float):
-            assert s[k] == pytest.approx(v, rel=1e-9), k
-        else:
-            assert s[k] == v, k
+    _same(s, gold, "summary")
+
+
+def _same(got, want, where: str) -> None:
+    """Equal keys all the way down; floats to 1e-9 relative."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for k, v in want.items():
+            _same(got[k], v, f"{where}.{k}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9), where
+    else:
+        assert got == want, where
 
 
 def test_summary_keys_and_sanity():

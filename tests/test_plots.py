@@ -21,3 +21,15 @@ def test_plots_from_a_run(tmp_path):
     tl = plots.throughput_latency(runs, labels=[1, 4])
     xs = tl.axes[0].lines[0].get_xdata()
     assert xs[1] > xs[0]  # more load, more throughput
+
+
+def test_cluster_timeline_shows_each_replica():
+    import sim
+    from tests.conftest import small_config
+    cfg = small_config(workload__num_requests=120)
+    cfg["cluster"] = {"pools": [{"name": "a", "num_replicas": 3}, {"name": "b", "num_replicas": 2, "hardware": "l40s"}]}
+    res = sim.run(cfg)
+    fig = res.plot("timeline")
+    heat = fig.axes[0].images[0].get_array()
+    assert heat.shape[0] == 5  # one row per replica
+    assert [t.get_text() for t in fig.axes[0].texts] == ["a", "b"]

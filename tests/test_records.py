@@ -66,4 +66,4 @@ def test_results_build_the_iteration_frame_on_first_access_and_summarize_alike()
     full = res.iterations
     assert res._iterations is full and len(full) == lazy["num_iterations"] > 200
     assert res.summary() == lazy
-    assert Results(res.config, res.requests, full, res.extra_itl_s).summary() == lazy
+    assert Results(res.config, res.requests, full, res.extra_itl_s, res.info).summary() == lazy

@@ -132,6 +132,19 @@ class FastForwardMixin:
                 break
         return starts, totals, attn, t
 
+    def decode_run_truncate(self, k: int, cut: int, used: list[int], used0: int) -> None:
+        """A planned k-step run keeps only its first ``cut`` steps (a submit cut it, in a
+        cluster): give back the blocks the other steps took (``used``: blocks in use after
+        each planned step, ``used0`` before the run). Block ids are not observable, so the
+        counts are all that must match stepping."""
+        if cut >= k:
+            return
+        extra = used[-1] - (used[cut - 1] if cut else used0)
+        if extra:
+            held = self._decode_held
+            self.kv.pool.free(held[-extra:])
+            del held[-extra:]
+
     def decode_run_complete(self, k: int, now: float, on_finish) -> None:
         """Apply a k-step decode run ending at ``now`` (completions happen at its last step):
         what ``complete`` does for k pure-decode steps, without building a plan."""

@@ -9,12 +9,25 @@ as an engine returns an error.
 A step's time is the cost model's price of its batch shape plus the PCIe time of any KV
 swaps it does (swap preemption copies synchronously, as vLLM v0 does).
 
+In a cluster of several replicas the next arrival a replica will get is unknown (a router
+decides at arrival time), so a fast-forwarded decode run is planned past it and is
+*interruptible*: a request routed to the replica at time t cuts the run after the steps that
+started before t (they are committed: records, blocks, counters), gives back the blocks of
+the steps it did not run, and the replica resumes at the end of the step in progress, as
+stepping would. Run chaining (completing a run and planning the next inside one event) stops
+at the next external arrival anywhere in the cluster (``clock.next_s``).
+
+The replica keeps its ``ReplicaView`` (sim.cluster.views) current: unfinished requests at
+submit and finish, and, when the router reads KV use, the KV blocks of each step (a run
+publishes its whole trajectory) and the prompt tokens not yet scheduled.
+
 Ignores: network and tokenizer time outside the engine, host/GPU overlap (async
 scheduling), streaming detokenization.
 """
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from typing import Callable
 
 import simpy
@@ -47,7 +60,11 @@ class Replica:
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
                  recorder: Recorder, max_model_len: int,
-                 on_finish: Callable[[Request], None] | None = None):
+                 on_finish: Callable[[Request], None] | None = None, view=None, clock=None,
+                 interruptible: bool = False):
+        """``view``: the router's view of this replica (None: no router); ``clock``: an object
+        whose ``next_s`` is the next external arrival anywhere (None: ``horizon_s`` is);
+        ``interruptible``: plan decode runs past ``horizon_s`` and cut them at a submit."""
         self.env = env
         self.index = index
         self.scheduler = scheduler
@@ -61,12 +78,18 @@ class Replica:
         self.fast_forward = True
         self.max_run_steps = 4096
         self._decode_step_fn = getattr(cost, "decode_step_fn", None)
+        self.view = view
+        self.clock = clock
+        self.interruptible = interruptible
+        self._run = None   # the decode run being waited on, while it can be cut
+        self._cut = 0      # steps of that run to keep when a submit cuts it
         self.process = env.process(self._loop())
 
     # -- input -----------------------------------------------------------------------------
     def submit(self, r: Request) -> None:
         r.replica = self.index
         total = r.prompt_tokens + r.output_tokens
+        view = self.view
         if total > self.max_model_len or self.scheduler.never_fits(r):
             r.state = REJECTED
             r.finish_s = self.env.now
@@ -75,11 +98,31 @@ class Replica:
                 self.on_finish_cb(r)
             return
         self.scheduler.add(r)
+        if view is not None:
+            view.num_outstanding += 1
+            view.queued_tokens += r.prompt_tokens
+            view.changed()
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self._run is not None:
+            self._cut_run(self.env.now)
+
+    def _cut_run(self, now: float) -> None:
+        """A submit at ``now`` during an interruptible decode run: keep the steps that started
+        before ``now`` and wake the run's process to commit them."""
+        starts = self._run[0]
+        cut = bisect_left(starts, now)
+        if cut < len(starts):
+            self._cut = cut
+            self._run = None
+            self.process.interrupt()
 
     def _finished(self, r: Request) -> None:
         self.recorder.request_done(r)
+        view = self.view
+        if view is not None:
+            view.num_outstanding -= 1
+            view.changed()
         if self.on_finish_cb:
             self.on_finish_cb(r)
 
@@ -87,44 +130,86 @@ class Replica:
         """Fast-forward pure-decode steps with one simpy event.
 
         Steps are priced one by one (the decode context grows every step) and stop at the
-        first step that would start at or after the next external arrival, so the result
-        is the same as stepping: same step times (summed in the same order), same block
-        ids, same records. A run that ends before that arrival (at a completion, or when
-        blocks run short) is completed at its end time right away and, if the scheduler
-        then has another pure-decode run (``decode_run_length``, on the same state stepping
-        would see), the next run is planned from there, all in the same simpy event: nothing
-        else can happen before the arrival. Not when completions call back into the source
-        (a closed loop submits the client's next request at that time).
+        first step that would start at or after ``horizon_s`` (the next external arrival of a
+        lone replica), so the result is the same as stepping: same step times (summed in the
+        same order), same block counts, same records. A run that ends before the next external
+        arrival anywhere (at a completion, or when blocks run short) is completed at its end
+        time right away and, if the scheduler then has another pure-decode run
+        (``decode_run_length``, on the same state stepping would see), the next run is planned
+        from there, all in the same simpy event: nothing else can happen before the arrival.
+        Not when completions call back into the source (a closed loop submits the client's
+        next request at that time). An interruptible replica's last run may be cut by a
+        submit (``_cut_run``).
         """
         env, sched, rec = self.env, self.scheduler, self.recorder
         now = env.now
         chain = self.on_finish_cb is None
+        clock = self.clock
+        view = self.view
+        track = view is not None and view.track_steps
         while True:
             n = sched.num_decoding
             ctx0 = sched.decode_computed_sum + n
             if self._decode_step_fn is not None:
                 price, fixed = self._decode_step_fn(n)
-                parts = (fixed.gemm_s, fixed.other_s, fixed.host_s)
+                comm = fixed.comm_s
+                parts = (fixed.gemm_s, fixed.other_s + comm if comm else fixed.other_s, fixed.host_s)
             else:  # a cost model without one: each step's StepTime from step_time
                 cost = self.cost
 
                 def price(c: int, n=n) -> StepTime:
                     return cost.step_time(BatchShape([], n, c, n))
                 fixed, parts = price(ctx0), None
-            starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now, self.horizon_s)
+            used0 = sched.kv.pool.num_used
+            horizon = self.horizon_s if clock is None else now + clock.lookahead_s
+            starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now, horizon)
             k = len(starts)
+            nxt = self.horizon_s if clock is None else clock.next_s
+            if not chain or end >= nxt:
+                break
             rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
                            len(sched.running), len(sched.waiting), used)
-            if not chain or end >= self.horizon_s:
-                break
             sched.decode_run_complete(k, end, self._finished)
             now = end
             k = sched.decode_run_length(self.max_run_steps)
             if k < 2:
+                if track:
+                    view.publish(sched.kv.pool.num_used, (), ())
+                    view.changed()
                 yield timeout_at(env, end)
                 return
-        yield timeout_at(env, end)
+        run = (n, ctx0, len(sched.running), len(sched.waiting))
+        if not self.interruptible:
+            rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0, run[2], run[3], used)
+            yield timeout_at(env, end)
+            sched.decode_run_complete(k, env.now, self._finished)
+            return
+        if track:
+            view.publish(used0, starts, used)
+        self._run = (starts,)
+        try:
+            yield timeout_at(env, end)
+        except simpy.Interrupt:  # a submit cut the run (_cut_run): keep the steps started before it
+            cut = self._cut
+            sched.decode_run_truncate(k, cut, used, used0)
+            if cut:
+                rec.decode_run(self.index, starts[:cut], totals[:cut], attn[:cut], fixed, n, ctx0,
+                               run[2], run[3], used[:cut])
+                sched.decode_run_complete(cut, starts[cut], self._finished)
+                if track:
+                    view.publish(used0, starts[:cut], used[:cut])
+                    view.changed()
+                yield timeout_at(env, starts[cut])  # the end of the step in progress
+            elif track:
+                view.publish(used0, (), ())
+                view.changed()
+            return
+        self._run = None
+        rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0, run[2], run[3], used)
         sched.decode_run_complete(k, env.now, self._finished)
+        if track:
+            view.publish(sched.kv.pool.num_used, (), ())
+            view.changed()
 
     # -- the engine loop -------------------------------------------------------------------
     def _loop(self):
@@ -153,6 +238,12 @@ class Replica:
             start = env.now
             kv_used = pool.num_used
             num_running, num_waiting = len(sched.running), len(sched.waiting)
+            view = self.view
+            if view is not None and view.track_steps:
+                for r, _ in plan.prefills:
+                    if r.scheduled_s == start and not r.num_computed and not r.num_preemptions:
+                        view.queued_tokens -= r.prompt_tokens  # scheduled for the first time
+                view.publish(kv_used, (start,), (kv_used,))
             if plan.swap_s:  # synchronous KV copies over PCIe lengthen the step
                 st = StepTime(st.total_s + plan.swap_s, st.gemm_s, st.attn_s, st.other_s, st.comm_s, st.host_s)
             yield env.timeout(st.total_s)
@@ -160,3 +251,6 @@ class Replica:
             rec.iteration(self.index, start, st, plan.shape, num_running, num_waiting,
                           kv_used, len(plan.preempted), plan.swap_out_bytes + plan.swap_in_bytes, plan.swap_s,
                           plan.num_itl_tokens)
+            if view is not None and view.track_steps:
+                view.publish(pool.num_used, (), ())
+                view.changed()

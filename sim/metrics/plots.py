@@ -9,6 +9,7 @@ Ignores: interactive widgets; styling beyond matplotlib defaults.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -36,8 +37,71 @@ def latency_cdfs(res, ax=None):
     return fig or axes[0].figure
 
 
+def _binned(it, column: str, bins: int, replicas: int, duration: float) -> np.ndarray:
+    """[replica, time bin] step-time-weighted mean of ``column`` over the iterations that
+    start in each bin (NaN where a replica ran no step)."""
+    w = it["step_s"].to_numpy()
+    b = np.minimum((it["start_s"].to_numpy() / duration * bins).astype(np.int64), bins - 1)
+    idx = it["replica"].to_numpy() * bins + b
+    num = np.bincount(idx, weights=it[column].to_numpy(dtype=float) * w, minlength=replicas * bins)
+    den = np.bincount(idx, weights=w, minlength=replicas * bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (num / den).reshape(replicas, bins)
+
+
+def cluster_timeline(res, bins: int = 200):
+    """Several replicas: each replica's load (running requests) over time as a heat map, with
+    pool boundaries, then the fleet's running and waiting requests and each pool's KV use."""
+    it = res.iterations
+    pools = res.info["pools"]
+    n = sum(p["num_replicas"] for p in pools)
+    duration = max(float((it["start_s"] + it["step_s"]).max()), 1e-9)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1, 1]})
+    running = _binned(it, "num_running", bins, n, duration)
+    im = axes[0].imshow(running, aspect="auto", interpolation="nearest", origin="lower", cmap="viridis",
+                        extent=(0, duration, -0.5, n - 0.5))
+    fig.colorbar(im, ax=axes[0], pad=0.01, label="running requests")
+    first = 0
+    for p in pools:
+        if first:
+            axes[0].axhline(first - 0.5, c="w", lw=1)
+        axes[0].text(duration * 0.005, first + p["num_replicas"] / 2 - 0.5, p["name"], color="w", va="center",
+                     fontsize=8)
+        first += p["num_replicas"]
+    axes[0].set_ylabel("replica")
+    t = (np.arange(bins) + 0.5) * duration / bins
+    axes[1].plot(t, np.nansum(running, axis=0), lw=0.8, label="running")
+    axes[1].plot(t, np.nansum(_binned(it, "num_waiting", bins, n, duration), axis=0), lw=0.8, c="tab:red",
+                 label="waiting")
+    axes[1].set_ylabel("requests (fleet)")
+    axes[1].legend(loc="upper right")
+    kv = _binned(it, "kv_usage_frac", bins, n, duration)
+    first = 0
+    for p in pools:
+        k = p["num_replicas"]
+        with warnings.catch_warnings():  # bins where no replica of the pool ran a step stay empty
+            warnings.simplefilter("ignore", RuntimeWarning)
+            axes[2].plot(t, np.nanmean(kv[first:first + k], axis=0) * 100, lw=0.8, label=p["name"])
+        first += k
+    axes[2].set_ylabel("KV use (%), pool mean")
+    axes[2].set_ylim(0, 105)
+    axes[2].legend(loc="upper right")
+    axes[2].set_xlabel("simulated time (s)")
+    for a in axes[1:]:
+        a.grid(alpha=0.3)
+    s = res.summary()
+    fig.suptitle(f"{n} replicas, {s['gpus']} GPUs: {s['requests_per_s']:.2f} req/s"
+                 + (" (SATURATED)" if s["saturated"] else ""))
+    fig.tight_layout()
+    return fig
+
+
 def timeline(res):
-    """Batch composition, KV use and queue length over simulated time."""
+    """Batch composition, KV use and queue length over simulated time (one replica), or each
+    replica's load (several: ``cluster_timeline``)."""
+    pools = res.info.get("pools") or []
+    if sum(p["num_replicas"] for p in pools) > 1:
+        return cluster_timeline(res)
     it = res.iterations
     fig, axes = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
     t = it["start_s"].to_numpy()

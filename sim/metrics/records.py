@@ -3,7 +3,8 @@
 Models: what a serving engine's metrics would log: per request its arrival, first
 scheduling, first token, finish, output tokens, priority, preemptions and the time spent
 preempted and KV bytes swapped; per iteration its start, step time and breakdown, batch
-shape, queue lengths, KV blocks in use and KV swap traffic (bytes, PCIe seconds).
+shape, queue lengths, KV blocks in use, KV swap traffic (bytes, PCIe seconds) and, for a
+pipeline-parallel replica, the stage idle time the micro-batch found (``bubble_s``).
 
 Ignores: per-token timestamps. Inter-token latencies are exact without them: a request in
 steady decode emits one token per iteration, so its inter-token gap is that iteration's
@@ -28,7 +29,7 @@ REQUEST_COLUMNS = ["request_id", "replica", "arrival_s", "scheduled_s", "first_t
 ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_prefill_reqs", "num_prefill_tokens",
                      "num_decode", "decode_context_sum", "num_running", "num_waiting", "kv_used_blocks",
                      "num_preempted", "gemm_s", "attn_s", "other_s", "comm_s", "host_s",
-                     "swap_bytes", "swap_s", "num_itl_tokens"]
+                     "swap_bytes", "swap_s", "num_itl_tokens", "bubble_s"]
 _INT_COLUMNS = frozenset(c for c in ITERATION_COLUMNS if c.startswith("num_") or c in
                          ("replica", "decode_context_sum", "kv_used_blocks"))
 _INT64, _FLOAT64 = np.int64, np.float64
@@ -63,7 +64,8 @@ def _merge_positions(steps: dict, runs: dict) -> tuple[np.ndarray, np.ndarray]:
 class Recorder:
     """Collects rows as tuples (cheap) and builds DataFrames at the end."""
 
-    def __init__(self, kv_blocks_total: int = 1):
+    def __init__(self, kv_blocks_total: int | list[int] = 1):
+        """``kv_blocks_total``: the KV blocks of the replica, or of each replica by index."""
         self.kv_blocks_total = kv_blocks_total
         self.requests: list[tuple] = []
         self.iterations: list[tuple] = []
@@ -89,13 +91,13 @@ class Recorder:
 
     def iteration(self, replica: int, start_s: float, st, shape, num_running: int, num_waiting: int,
                   kv_used_blocks: int, num_preempted: int, swap_bytes: float = 0.0,
-                  swap_s: float = 0.0, num_itl_tokens: int | None = None) -> None:
+                  swap_s: float = 0.0, num_itl_tokens: int | None = None, bubble_s: float = 0.0) -> None:
         chunks = shape.prefill_chunks
         self.iterations.append((replica, start_s, st.total_s, len(chunks), sum(c for c, _ in chunks),
                                 shape.num_decode, shape.decode_context_sum, num_running, num_waiting,
                                 kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
                                 st.comm_s, st.host_s, swap_bytes, swap_s,
-                                shape.num_decode if num_itl_tokens is None else num_itl_tokens))
+                                shape.num_decode if num_itl_tokens is None else num_itl_tokens, bubble_s))
 
     def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
                    fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
@@ -132,8 +134,15 @@ class Recorder:
                 out[c] = np.zeros(total, _dtype(c))
         return out
 
-    def requests_frame(self) -> pd.DataFrame:
+    def requests_frame(self, pool_of: list[str] | None = None) -> pd.DataFrame:
+        """One row per request, by id; ``pool_of[i]``: the pool name of replica i (adds a
+        categorical ``pool`` column after ``replica``)."""
         df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
+        if pool_of is not None:
+            names = list(dict.fromkeys(pool_of))
+            codes = np.array([names.index(p) for p in pool_of], dtype=np.int64)
+            df.insert(2, "pool", pd.Categorical.from_codes(codes[df["replica"].to_numpy()], names)
+                      if len(df) else pd.Categorical([], categories=names))
         df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
         for c in ("scheduled_s", "first_token_s"):
             df.loc[df[c] < 0, c] = np.nan
@@ -172,5 +181,8 @@ class Recorder:
                 a[pos_r] = runs[c]
                 data[c] = a
         if "kv_usage_frac" in cols:
-            data["kv_usage_frac"] = data["kv_used_blocks"] / self.kv_blocks_total
+            tot = self.kv_blocks_total
+            if isinstance(tot, (list, tuple)):  # several replicas: each row over its own replica's
+                tot = np.asarray(tot, dtype=_INT64)[data["replica"]]
+            data["kv_usage_frac"] = data["kv_used_blocks"] / tot
         return pd.DataFrame({c: data[c] for c in cols}, columns=cols, copy=False)

@@ -79,9 +79,27 @@ def saturation(iterations: pd.DataFrame, last_arrival_s: float, num_requests: in
     return bool(growth > threshold), slope
 
 
+def saturation_replicas(iterations: pd.DataFrame, last_arrival_s: float, requests: pd.DataFrame,
+                        max_num_seqs: list[int]) -> tuple[bool, float]:
+    """Saturation of several replicas: each replica's waiting queue judged on its own rows
+    (``saturation`` with its own requests and sequence cap); saturated if any replica is;
+    the growth is the sum of the replicas' slopes."""
+    if iterations.empty:
+        return False, 0.0
+    rep_it = iterations["replica"].to_numpy()
+    rep_rq = requests["replica"].to_numpy()
+    sat, slope = False, 0.0
+    for i, cap in enumerate(max_num_seqs):
+        m = rep_it == i
+        s_i, g_i = saturation(iterations[m], last_arrival_s, int((rep_rq == i).sum()), cap)
+        sat, slope = sat or s_i, slope + g_i
+    return sat, slope
+
+
 def summarize(requests: pd.DataFrame, iterations: pd.DataFrame, extra_itl_s: list[float],
-              slo=None, max_num_seqs: int = 256) -> dict:
-    """The summary dictionary written to summary.json (see README for each key)."""
+              slo=None, max_num_seqs: int | list[int] = 256) -> dict:
+    """The summary dictionary written to summary.json (see README for each key).
+    ``max_num_seqs``: the replica's sequence cap, or each replica's (several replicas)."""
     ok = requests[~requests["rejected"]]
     done = ok[ok["finish_s"] >= 0]
     start = float(requests["arrival_s"].min()) if len(requests) else 0.0
@@ -93,7 +111,11 @@ def summarize(requests: pd.DataFrame, iterations: pd.DataFrame, extra_itl_s: lis
         w = iterations["step_s"].to_numpy()
         kv_mean = float(np.dot(iterations["kv_usage_frac"].to_numpy(), w) / w.sum()) if w.sum() > 0 else 0.0
     last_arrival = float(requests["arrival_s"].max()) if len(requests) else 0.0
-    sat, slope = saturation(iterations, last_arrival - start, len(requests), max_num_seqs)
+    if isinstance(max_num_seqs, (list, tuple)) and len(max_num_seqs) > 1:
+        sat, slope = saturation_replicas(iterations, last_arrival - start, requests, list(max_num_seqs))
+    else:
+        cap = max_num_seqs[0] if isinstance(max_num_seqs, (list, tuple)) else max_num_seqs
+        sat, slope = saturation(iterations, last_arrival - start, len(requests), cap)
     s = {
         "num_requests": int(len(requests)),
         "num_completed": int(len(done)),
@@ -145,5 +167,18 @@ def format_summary(s: dict) -> str:
                      f"TTFT p99 {_fmt(d['ttft_s']['p99'])} ms")
     kv = s["kv_usage_frac_mean"]
     lines.append(f"KV cache      {0 if kv is None else kv:.1%} mean use, {s['num_preemptions']} preemptions")
+    if "gpus" in s:
+        cpm = s.get("cost_per_million_output_tokens")
+        lines.append(f"cost          {s['gpus']} GPU{'s' if s['gpus'] != 1 else ''}, ${s['cost_per_hour']:.2f}/hour, "
+                     + (f"${cpm:.3f} per million output tokens" if cpm is not None else "no output tokens"))
+    pools = s.get("per_pool") or {}
+    if len(pools) > 1 or any(p["num_replicas"] > 1 for p in pools.values()):
+        lines.append("pool          replicas  GPUs   req/s   tok/s  TTFT p50/p99 ms  TPOT p50/p99 ms   KV   busy")
+        for name, p in pools.items():
+            t, o = p["ttft_s"], p["tpot_s"]
+            lines.append(f"  {name:<12}{p['num_replicas']:>8}{p['gpus']:>6}{p['requests_per_s']:>8.2f}"
+                         f"{p['output_tokens_per_s']:>8.0f}  {_fmt(t['p50']):>6} /{_fmt(t['p99']):>7} "
+                         f"{_fmt(o['p50']):>6} /{_fmt(o['p99']):>7}{p['kv_usage_frac_mean']:>6.0%}"
+                         f"{p['busy_frac']:>6.0%}")
     lines.append(f"saturated     {'YES: the waiting queue was still growing when arrivals ended' if s['saturated'] else 'no'}")
     return "\n".join(lines)

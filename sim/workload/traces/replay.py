@@ -2,7 +2,11 @@
 
 Models: ``read_trace`` resolves the path, picks the reader (``format: auto`` guesses), then
 applies, in this order: time window ``[start_s, end_s)`` (re-zeroed), ``sample_frac``
-(Bernoulli thinning with the stream ``trace.sample``), ``time_scale`` (multiplies every
+(Bernoulli thinning with the stream ``trace.sample``), ``copies`` (N copies superposed,
+copy i > 0 shifted by a uniform offset in [0, span) drawn from the stream ``trace.copies``
+and wrapped around the span, so the rate is N times the trace's with its time profile kept;
+copies are distinct users: client ids and block hashes are offset per copy), ``time_scale``
+(multiplies every
 inter-arrival time), ``target_rate_per_s`` (rescales times so that (rows - 1) / span equals
 it) and ``max_requests`` (first N). ``arrival_s`` always starts at 0.0 after each step.
 ``sample_lengths`` draws (prompt, output) pairs from a lengths table for an arrival process.
@@ -39,7 +43,8 @@ def _rezero(df: pd.DataFrame) -> pd.DataFrame:
 def _check_time_controls(spec: TraceSpec, df: pd.DataFrame) -> None:
     if "arrival_s" in df.columns:
         return
-    for name, default in (("start_s", 0.0), ("end_s", None), ("time_scale", 1.0), ("target_rate_per_s", None)):
+    for name, default in (("start_s", 0.0), ("end_s", None), ("time_scale", 1.0), ("target_rate_per_s", None),
+                          ("copies", 1)):
         if getattr(spec, name) != default:
             raise ConfigError(f"{KEY}.{name}", "this trace has no arrival times (lengths only); expected no time "
                               "controls: pair it with workload.arrival instead", df.attrs.get("source"))
@@ -91,6 +96,8 @@ def read_trace(spec: TraceSpec, base_dir: str = ".", rng_streams: RngStreams | N
     if spec.sample_frac < 1.0:
         keep = rng_streams.stream("trace.sample").random(len(df)) < spec.sample_frac
         df = _rezero(df.loc[keep].reset_index(drop=True))
+    if has_t and spec.copies > 1:
+        df = _superpose(df, spec.copies, rng_streams.stream("trace.copies"))
     if has_t and spec.time_scale != 1.0:
         df["arrival_s"] = df["arrival_s"] * spec.time_scale
     if has_t and spec.target_rate_per_s is not None:
@@ -105,6 +112,30 @@ def read_trace(spec: TraceSpec, base_dir: str = ".", rng_streams: RngStreams | N
         raise ConfigError(KEY, "no requests left after the replay controls (window, sample_frac, max_requests)",
                           df.attrs.get("source"))
     return df
+
+
+def _superpose(df: pd.DataFrame, copies: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``copies`` copies of a timed trace over its own span (see the module doc)."""
+    t = df["arrival_s"].to_numpy(np.float64)
+    span = float(t[-1]) if len(t) else 0.0
+    if span <= 0:
+        raise ConfigError(f"{KEY}.copies", f"expected a trace spanning some time to superpose copies of, got "
+                          f"{len(df)} rows spanning {span} s", df.attrs.get("source"))
+    offsets = np.concatenate([[0.0], rng.uniform(0.0, span, copies - 1)])
+    parts = []
+    for i, off in enumerate(offsets):
+        part = df.copy()
+        part["arrival_s"] = np.mod(t + off, span) if i else t
+        if "client_id" in part:
+            part["client_id"] = part["client_id"] + i * (int(df["client_id"].max()) + 1)
+        if "hash_ids" in part and i:
+            top = max((max(h) for h in df["hash_ids"] if len(h)), default=0) + 1
+            part["hash_ids"] = [[x + i * top for x in h] for h in part["hash_ids"]]
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    out = out.iloc[np.argsort(out["arrival_s"].to_numpy(), kind="stable")].reset_index(drop=True)
+    out.attrs.update(df.attrs)
+    return _rezero(out)
 
 
 def sample_lengths(df: pd.DataFrame, n: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
