@@ -26,142 +26,34 @@ exactly, that chain at compute_frac is also a third roof of the base the table s
 (sim.cost.ops.affine_roofline_s).  Held-out protocol: a point is held out if the
 grid marks it (odd GEMM M values, prefill/decode shapes in calibrate.grids) or if a hash of
 its shape is 0 mod 4; the fit on the rest predicts it, giving median and p90 absolute percent
-error; the shipped curve is then refitted on all points.
+error; the shipped curve is then refitted on all points.  Many-sequence launches
+(attn_*_multi.csv, optional; calibrate.fit_multi): equal-length launches are fitted points
+(they extend the tables' rows), mixed ones are priced as the simulator prices them and never
+fitted; their held-out errors are reported apart from the grid's, and a prefill cost per query
+block (per_block_s) is fitted on the mixed launches when it lowers their error enough.
 
 Ignores: dtype-specific curves (the profile has one curve per op kind: GEMMs are fitted on
 bf16 rows; fp8 rows get a separate informational fit), clock drift within a run.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
 
-from calibrate import grids
-from calibrate.measurements import (HOLDOUT_MOD, SHAPE_COLS, TARGETS, FitError, _date, _display_path,
-                                    _provenance_summary, prepare, read_measurements, read_provenance, shape_key)
+from calibrate import fit_multi, grids, grids_multi
+from calibrate.curve import _abs_pct, fit_curve  # noqa: F401  (fit_curve: public here since the first fit)
+from calibrate.measurements import (HOLDOUT_MOD, MULTI_KINDS, SHAPE_COLS, TARGETS, FitError, _date, _display_path,
+                                    _provenance_summary, fold_multi, prepare, read_measurements, read_provenance,
+                                    shape_key)
 from calibrate.model import _sig, build_tables, predict, predict_rows
 from sim.hardware import OP_KINDS, profile_from_dict
 from sim.config import read_yaml
 
 
 PRIMARY_DTYPE = "bf16"
-F_SCALE = 0.05          # soft_l1 scale on log residuals (~5 %)
-KNOT_STEP = 2.0         # correction knots every factor 4 of ideal time
-
-
-def _abs_pct(pred, meas) -> np.ndarray:
-    return np.abs(np.asarray(pred) / np.asarray(meas) - 1.0) * 100.0
-
-
-def _stage1(flops, byts, peak, bw, logt, cf_p, bf_p, pin_c, pin_m, launch_s) -> dict:
-    """Robust fit of (compute_frac, bandwidth_frac, F0, B0[, launch]) from fixed starting points."""
-    us_f = float(np.median(peak)) * 1e-6     # FLOPs per microsecond at peak (scales F0)
-    us_b = bw * 1e-6                          # bytes per microsecond at peak (scales B0)
-    fixed_launch = launch_s is not None
-    # x = [log compute_frac, log bandwidth_frac, F0 in us at peak, B0 in us at peak, launch in us]
-    x_full = np.array([math.log(cf_p), math.log(bf_p), 0.0, 0.0, 0.0])
-    free = [i for i in range(5) if not ((pin_c and i in (0, 2)) or (pin_m and i in (1, 3))
-                                        or (fixed_launch and i == 4))]
-
-    def full(xf):
-        x = x_full.copy()
-        x[free] = xf
-        return x
-
-    def unpack(x):
-        return {"compute_frac": math.exp(x[0]), "bandwidth_frac": math.exp(x[1]),
-                "fixed_flops": x[2] * us_f, "fixed_bytes": x[3] * us_b,
-                "launch_s": launch_s if fixed_launch else x[4] * 1e-6}
-
-    def resid(xf):
-        x = full(xf)
-        r = np.log(predict(unpack(x), flops, byts, peak, bw)) - logt
-        return np.concatenate([r, 1e-4 * x[2:4]])  # a whisper towards no fixed work
-
-    t = np.exp(logt)
-    top_c = min(max(float(np.max(flops / (t * peak))), 0.02), 1.4)
-    top_b = min(max(float(np.max(byts / (t * bw))), 0.02), 1.4)
-    lo_all = np.array([math.log(1e-3), math.log(1e-3), 0.0, 0.0, 0.0])
-    hi_all = np.array([math.log(1.5), math.log(1.5), 1e5, 1e5, 1e3])
-    best = None
-    for cf in (top_c, 0.7):          # starting points independent of the prior: refitting with
-        for bf in (top_b, 0.8):      # a fitted profile as base reproduces it
-            for fx in (0.5, 5.0):
-                x0 = np.clip(np.array([math.log(cf), math.log(bf), fx, fx, 2.0]), lo_all + 1e-9, hi_all - 1e-9)
-                res = least_squares(resid, x0[free], bounds=(lo_all[free], hi_all[free]), loss="soft_l1",
-                                    f_scale=F_SCALE, max_nfev=2000)
-                if best is None or res.cost < best.cost - 1e-12:
-                    best = res
-    p = unpack(full(best.x))
-    p["_pins"] = (bool(pin_c), bool(pin_m))
-    return p
-
-
-def fit_curve(flops, byts, peak, bw, t, prior: Mapping, launch_s: float | None = None) -> dict:
-    """Fit one affine roofline + correction to points (arrays) by robust least squares on log t.
-
-    ``prior`` (compute_frac, bandwidth_frac) supplies fractions the data cannot identify (the
-    compute roof of an op no point is compute-bound on, e.g. decode attention); they are kept
-    as given with their fixed term 0.  ``launch_s`` fixes the launch term.
-    """
-    flops, byts, peak, t = (np.asarray(a, float) for a in (flops, byts, peak, t))
-    logt = np.log(t)
-    fixed_launch = launch_s is not None
-    floor_t = float(np.percentile(t, 2))
-    capped = fixed_launch and launch_s >= floor_t
-    if capped:  # ops measured faster than the empty kernel: keep (nearly) all points reachable
-        launch_s = 0.9 * floor_t
-    cf_p, bf_p = float(prior.get("compute_frac", 0.7)), float(prior.get("bandwidth_frac", 0.8))
-    # a kernel that did F FLOPs (moved B bytes) in t - launch reached at least F/(P (t - launch))
-    # (B/(W (t - launch))) of the peak: a roof kept at the prior is raised to that, so that it
-    # never claims a measured point was slower than it was (e.g. a low prior bandwidth on a
-    # compute-bound kernel made the memory roof bind on large-batch prefill)
-    busy = np.maximum(t - (launch_s or 0.0), 0.05 * t)
-    cf_p = min(max(cf_p, float(np.max(flops / (peak * busy)))), 1.5)
-    bf_p = min(max(bf_p, float(np.max(byts / (bw * busy)))), 1.5)
-    # a roof no point ideally reaches cannot be identified: pin its fraction to the prior and
-    # its fixed term to 0 (otherwise F0 and B0 trade off freely as a small-size floor)
-    n_c = int(np.sum(flops / peak > byts / bw))
-    n_m = len(t) - n_c
-    pin_c, pin_m = n_c < 3 <= n_m, n_m < 3 <= n_c
-    p = _stage1(flops, byts, peak, bw, logt, cf_p, bf_p, pin_c, pin_m, launch_s if fixed_launch else None)
-    # a roof the fit makes bind on fewer than 3 points is not identified either: pin and refit
-    t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
-    t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
-    nc_fit = int(np.sum(t_c >= t_m))
-    if not (pin_c or pin_m) and min(nc_fit, len(t) - nc_fit) < 3:
-        pin_c, pin_m = nc_fit < 3, len(t) - nc_fit < 3
-        p = _stage1(flops, byts, peak, bw, logt, cf_p, bf_p, pin_c, pin_m, launch_s if fixed_launch else None)
-    # stage 2: correction factors over log2 ideal ns
-    lx = np.log2(np.maximum(flops / peak, byts / bw) * 1e9)
-    lo_k, hi_k = math.floor(lx.min()), math.ceil(lx.max())
-    knots = np.arange(lo_k, hi_k + KNOT_STEP, KNOT_STEP, dtype=float) if hi_k > lo_k else np.array([])
-    if len(knots) >= 2 and len(t) >= 2 * len(knots):
-        def resid2(g):
-            q = dict(p, corr_log2_x=knots, corr_factor=np.exp(g))
-            r = np.log(predict(q, flops, byts, peak, bw)) - logt
-            return np.concatenate([r, 0.3 * np.diff(g, 2), 0.02 * g])
-        g = least_squares(resid2, np.zeros(len(knots)), loss="soft_l1", f_scale=F_SCALE).x
-        p["corr_log2_x"] = [float(k) for k in knots]
-        p["corr_factor"] = [_sig(math.exp(v), 5) for v in g]
-    else:
-        p["corr_log2_x"], p["corr_factor"] = [], []
-    for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s"):
-        p[k] = _sig(p[k])
-    pred = predict(p, flops, byts, peak, bw)
-    t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
-    t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
-    p["_stats"] = {"launch_capped": bool(capped), "pinned_compute": bool(pin_c), "pinned_memory": bool(pin_m),
-                   "compute_bound_points": int(np.sum(t_c >= t_m)),
-                   "memory_bound_points": int(np.sum(t_c < t_m)),
-                   "median_abs_pct_err": float(np.median(_abs_pct(pred, t))),
-                   "p90_abs_pct_err": float(np.percentile(_abs_pct(pred, t), 90))}
-    return p
 
 
 def _launch_rows(frames: Mapping[str, pd.DataFrame]) -> dict[str, float]:
@@ -174,39 +66,88 @@ def _launch_rows(frames: Mapping[str, pd.DataFrame]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ one group
 def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | None,
-               backend: str = "vendor", collect: list | None = None) -> tuple[dict, dict, list]:
-    """(shipped params, fit metadata, representative samples) for one (op, backend[, dtype])."""
+               backend: str = "vendor", collect: list | None = None,
+               mixed: pd.DataFrame | None = None) -> tuple[dict, dict, list]:
+    """(shipped params, fit metadata, representative samples) for one (op, backend[, dtype]).
+    ``g``: the fitted rows (single-sequence grid, and equal-length many-sequence launches);
+    ``mixed``: mixed-length launches, priced, not fitted (calibrate.fit_multi)."""
     cols = lambda d: (d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(),  # noqa: E731
                       float(d["bw"].iloc[0]), d["time_s"].to_numpy())
-    train, held = g[~g["heldout"]], g[g["heldout"]]
-    meta: dict[str, Any] = {"points": int(len(g)), "held_out_points": int(len(held))}
+    hmask = g["heldout"].to_numpy(bool)
+    train, held = g[~hmask], g[hmask]
+    gsel = fit_multi.sets(held) == "grid"
+    mixed = mixed if mixed is not None and len(mixed) else None
+    term = fit_multi.TERMS.get(kind) if mixed is not None else None
+    sim_term = term is not None and fit_multi.sim_accepts(kind, term)
+    meta: dict[str, Any] = {"points": int(len(g)), "held_out_points": int(np.sum(gsel))}
     facts = _kernel_facts(kind, backend)
+    def curve_fn(d):
+        return dict(fit_curve(*cols(d), prior, launch_s), **facts)
     if len(held) and len(train) >= 6:
-        p_tr = dict(fit_curve(*cols(train), prior, launch_s), **facts)
+        v_tr = 0.0
+        m_held = mixed[mixed["heldout"].to_numpy(bool)] if mixed is not None else g.iloc[:0]
+        m_train = mixed[~mixed["heldout"].to_numpy(bool)] if mixed is not None else g.iloc[:0]
+        if term and sim_term and len(m_train) >= 3:  # the term only where the shipped profile carries it
+            tf = fit_multi.fit_term(kind, backend, curve_fn, train, m_train)
+            v_tr, p_tr = tf["value"], tf["curve"]
+        else:
+            p_tr = curve_fn(train)
+        tabs_tr = build_tables(kind, backend, fit_multi.less_term(train, v_tr, fit_multi.term_feature(kind, train))
+                               if v_tr else train, p_tr)
         f, b, pk, bw, t = cols(held)
-        curve = predict(p_tr, f, b, pk, bw)
-        pred_held = predict_rows(kind, p_tr, build_tables(kind, backend, train, p_tr), held)
-        err = _abs_pct(pred_held, t)
+        curve = predict(p_tr, f, b, pk, bw) + (v_tr * fit_multi.term_feature(kind, held) if v_tr else 0.0)
+        pred_held = fit_multi.price(kind, backend, p_tr, train, held, v_tr, tabs_tr)
+        pred_mixed = fit_multi.price(kind, backend, p_tr, train, m_held, v_tr, tabs_tr)
         if collect is not None:
-            collect.append(pd.DataFrame({"kind": kind, "backend": backend, "dtype": held["dtype"].to_numpy(),
-                                         "shape": [shape_key(kind, r) for r in held.to_dict("records")],
-                                         "time_s": held["time_s"].to_numpy(), "predicted_s": pred_held,
-                                         "curve_only_s": curve, "ideal_ns": held["ideal_ns"].to_numpy()}))
-        err_curve = _abs_pct(curve, t)
-        meta["heldout_median_abs_pct_err"] = round(float(np.median(err)), 2)
-        meta["heldout_p90_abs_pct_err"] = round(float(np.percentile(err, 90)), 2)
-        meta["meets_targets"] = bool(np.median(err) <= TARGETS["median_abs_pct_err"]
-                                     and np.percentile(err, 90) <= TARGETS["p90_abs_pct_err"])
-        # what a shape of an unmeasured family gets: the curve alone
-        meta["curve_only_heldout_median_abs_pct_err"] = round(float(np.median(err_curve)), 2)
-        meta["curve_only_heldout_p90_abs_pct_err"] = round(float(np.percentile(err_curve, 90)), 2)
+            both = pd.concat([held, m_held], ignore_index=True)
+            collect.append(pd.DataFrame({"kind": kind, "backend": backend, "dtype": both["dtype"].to_numpy(),
+                                         "shape": [shape_key(kind, r) for r in both.to_dict("records")],
+                                         "set": np.concatenate([fit_multi.sets(held), fit_multi.sets(m_held)]),
+                                         "time_s": both["time_s"].to_numpy(),
+                                         "predicted_s": np.concatenate([pred_held, pred_mixed]),
+                                         "curve_only_s": np.concatenate([curve, _curve_s(kind, p_tr, m_held, v_tr)]),
+                                         "ideal_ns": both["ideal_ns"].to_numpy()}))
+        if gsel.any():
+            err, err_curve = _abs_pct(pred_held[gsel], t[gsel]), _abs_pct(curve[gsel], t[gsel])
+            meta["heldout_median_abs_pct_err"] = round(float(np.median(err)), 2)
+            meta["heldout_p90_abs_pct_err"] = round(float(np.percentile(err, 90)), 2)
+            meta["meets_targets"] = bool(np.median(err) <= TARGETS["median_abs_pct_err"]
+                                         and np.percentile(err, 90) <= TARGETS["p90_abs_pct_err"])
+            # what a shape of an unmeasured family gets: the curve alone
+            meta["curve_only_heldout_median_abs_pct_err"] = round(float(np.median(err_curve)), 2)
+            meta["curve_only_heldout_p90_abs_pct_err"] = round(float(np.percentile(err_curve, 90)), 2)
+        # many-sequence launches, reported apart from the single-sequence grid
+        meta.update(fit_multi.errors("many_seq_heldout", np.concatenate([pred_held[~gsel], pred_mixed]),
+                                     np.concatenate([t[~gsel], m_held["time_s"].to_numpy(float)])))
+        meta.update(fit_multi.errors("many_seq_equal_heldout", pred_held[~gsel], t[~gsel]))
+        meta.update(fit_multi.errors("many_seq_mixed_heldout", pred_mixed, m_held["time_s"].to_numpy(float)))
+        if fit_multi.meets(meta, "many_seq_heldout") is not None:
+            meta["many_seq_meets_targets"] = fit_multi.meets(meta, "many_seq_heldout")
     else:
         meta["heldout_note"] = "too few points for a held-out split"
-    p = dict(fit_curve(*cols(g), prior, launch_s), **facts)
-    p["shape_tables"] = build_tables(kind, backend, g, p)
+    v, p = 0.0, None
+    if term and len(mixed) >= 3:
+        tf = fit_multi.fit_term(kind, backend, curve_fn, g, mixed)
+        curve_v = tf.pop("curve")
+        meta[f"{term}_fit"] = dict(tf, priced_by_simulator=sim_term, note=(
+            "fitted on the mixed launches; shipped" if tf["adopted"] and sim_term else
+            "not adopted (lowers the mixed launches' median error too little)" if not tf["adopted"] else
+            f"adopted but NOT shipped: sim.hardware does not accept {term} yet (errors above are without it)"))
+        if tf["adopted"] and sim_term:
+            p = curve_v
+            v = p[term] = tf["value"]
+    p = p or curve_fn(g)
+    p["shape_tables"] = build_tables(kind, backend, fit_multi.less_term(g, v, fit_multi.term_feature(kind, g))
+                                     if v else g, p)
     st = p.pop("_stats")
-    allerr = _abs_pct(predict_rows(kind, p, p["shape_tables"], g), g["time_s"].to_numpy())
+    allerr = _abs_pct(fit_multi.price(kind, backend, p, g, g, v, p["shape_tables"]), g["time_s"].to_numpy())
     st["median_abs_pct_err"], st["p90_abs_pct_err"] = float(np.median(allerr)), float(np.percentile(allerr, 90))
+    if mixed is not None:
+        pm = fit_multi.price(kind, backend, p, g, mixed, v, p["shape_tables"])
+        meta.update(fit_multi.errors("many_seq_mixed_all_points", pm, mixed["time_s"].to_numpy(float)))
+        trend = fit_multi.imbalance_trend(mixed, pm) if kind == "attn_decode" else None
+        if trend is not None:
+            meta["many_seq_mixed_imbalance_trend"] = trend
     meta["all_points_median_abs_pct_err"] = round(st["median_abs_pct_err"], 2)
     meta["all_points_p90_abs_pct_err"] = round(st["p90_abs_pct_err"], 2)
     meta["compute_bound_points"] = st["compute_bound_points"]
@@ -223,7 +164,7 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     srt = g.sort_values(["ideal_ns"] + SHAPE_COLS[kind], kind="mergesort").reset_index(drop=True)
     idx = sorted({int(round(q * (len(srt) - 1))) for q in (0.0, 0.25, 0.5, 0.75, 1.0)})
     samples = []
-    pr_s = predict_rows(kind, p, p["shape_tables"], srt.iloc[idx])
+    pr_s = fit_multi.price(kind, backend, p, g, srt.iloc[idx], v, p["shape_tables"])
     for j, i in enumerate(idx):
         r = srt.iloc[i]
         pr = float(pr_s[j])
@@ -236,6 +177,14 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     return p, meta, samples
 
 
+def _curve_s(kind: str, p: Mapping, d: pd.DataFrame, v: float) -> np.ndarray:
+    """The curve alone (plus the many-sequence term v) for rows ``d``."""
+    if not len(d):
+        return np.zeros(0)
+    t = predict(p, d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(), float(d["bw"].iloc[0]))
+    return t + v * fit_multi.term_feature(kind, d) if v else t
+
+
 def _kernel_facts(kind: str, backend: str) -> dict:
     """What is known of a backend's kernels rather than fitted: the Triton GEMM's fixed tile
     configs per M class (calibrate/kernels/gemm.py), which its table base charges in whole waves."""
@@ -246,6 +195,7 @@ def _kernel_facts(kind: str, backend: str) -> dict:
 
 def _curve_yaml(p: Mapping, meta: Mapping) -> dict:
     d = {k: p[k] for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s")}
+    d.update({k: p[k] for k in fit_multi.TERMS.values() if k in p})  # a fitted many-sequence term
     if p.get("gemm_tiles"):
         d["gemm_tiles"] = p["gemm_tiles"]
     if p["corr_log2_x"]:
@@ -275,6 +225,8 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
                        "those times are meaningless, measure on a GPU")
     launches = _launch_rows(frames)
     launch_s = launches.get("triton_gpu")
+    varlen = _varlen_vs_sdpa(frames)
+    frames_in, frames = frames, fold_multi(frames)  # many-sequence launches join their op's rows (column src)
     base_eff = base.get("efficiency") or {}
     base_backends = base_eff.get("backends") or {}
     backends_out: dict[str, dict] = {}
@@ -282,6 +234,7 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
     samples: dict[str, dict] = {}
     extra: dict[str, dict] = {}
     dropped: dict[str, int] = {}
+    terms: dict[str, dict] = {}
     for kind in OP_KINDS:
         if kind not in frames:
             continue
@@ -290,15 +243,20 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
             dropped[f"{kind}/{key}"] = n
         for be in sorted(df["backend"].unique()):
             sub = df[df["backend"] == be]
+            is_mixed = fit_multi.sets(sub) == "many_mixed"
+            mixed, sub = sub[is_mixed], sub[~is_mixed]
             prior_src = (base_backends.get(be) or base_backends.get(hw.default_backend) or {}).get(kind) or {}
             prior = {k: float(prior_src.get(k, d)) for k, d in (("compute_frac", 0.7), ("bandwidth_frac", 0.8))}
             prim = sub[sub["dtype"] == PRIMARY_DTYPE] if kind == "gemm" else sub
             if len(prim) >= 4:
-                p, meta, smp = _fit_group(kind, prim, prior, launch_s, be, heldout)
+                p, meta, smp = _fit_group(kind, prim, prior, launch_s, be, heldout, mixed)
                 if kind == "gemm":
                     meta["dtype"] = PRIMARY_DTYPE
                 backends_out.setdefault(be, {})[kind] = _curve_yaml(p, meta)
                 errors.setdefault(be, {})[kind] = {k: v for k, v in meta.items() if "err" in k or "points" in k}
+                for k in [f"{t}_fit" for t in fit_multi.TERMS.values()] + ["many_seq_mixed_imbalance_trend"]:
+                    if meta.get(k) is not None:
+                        terms.setdefault(be, {}).setdefault(kind, {})[k] = meta[k]
                 samples.setdefault(be, {})[kind] = smp
                 if kind == "gemm":
                     for dt in sorted(set(sub["dtype"]) - {PRIMARY_DTYPE}):
@@ -377,10 +335,36 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
     }
     if extra:
         out["calibration"]["other_dtypes"] = extra
+    if varlen:
+        out["calibration"]["vendor_varlen_vs_sdpa"] = varlen
+    if terms:
+        out["calibration"]["fit_terms"] = terms
+    if any(k in frames_in for k in MULTI_KINDS):
+        out["calibration"]["heldout_protocol"] += (
+            f"; many-sequence launches (attn_*_multi.csv) reported apart (many_seq_*): marked "
+            f"{grids_multi.PREFILL_MULTI_HELDOUT} (prefill), {grids_multi.DECODE_MULTI_HELDOUT} (decode) plus "
+            "the same hash rule; mixed launches are never fitted, the fit on the other rows prices them")
     if dropped:
         out["calibration"]["rows_not_fitted"] = {"note": "dtype without a peak in the profile, or unknown backend",
                                                  **dropped}
     return _plain(out)
+
+
+def _varlen_vs_sdpa(frames: Mapping[str, pd.DataFrame]) -> dict:
+    """Per many-sequence op, FlashAttention's varlen entry (backend vendor_varlen, used for the
+    mixed launches) over SDPA (vendor) on the same equal-length launches: median and range."""
+    out = {}
+    for mk in ("attn_prefill_multi", "attn_decode_multi"):
+        df = frames.get(mk)
+        if df is None or "vendor_varlen" not in set(df["backend"]):
+            continue
+        key = SHAPE_COLS[mk] + ["dtype"]
+        both = df[df["backend"] == "vendor_varlen"].merge(df[df["backend"] == "vendor"], on=key, suffixes=("", "_sdpa"))
+        if len(both):
+            r = both["time_s"].to_numpy(float) / both["time_s_sdpa"].to_numpy(float)
+            out[mk] = {"launches": int(len(r)), "median_ratio": round(float(np.median(r)), 3),
+                       "min_ratio": round(float(r.min()), 3), "max_ratio": round(float(r.max()), 3)}
+    return out
 
 
 def _plain(o):

@@ -17,8 +17,15 @@ COLUMNS: dict[str, list[str]] = {
     "elementwise": ["op", "backend", "dtype", "tokens", "hidden", "time_s", "flops", "bytes"],
     "nccl": ["op", "backend", "dtype", "bytes_per_rank", "world_size", "time_s",
              "algbw_bytes_per_s", "busbw_bytes_per_s"],
+    # launches of many sequences (equal or mixed lengths): ``lengths`` / ``contexts`` in the
+    # compact syntax of format_lengths (e.g. "512x48;128+896x16"); flops/bytes summed per sequence
+    "attn_prefill_multi": ["op", "backend", "dtype", "batch", "lengths", "heads", "kv_heads", "head_dim",
+                           "time_s", "flops", "bytes", "max_seq_q", "sum_seq_q"],
+    "attn_decode_multi": ["op", "backend", "dtype", "batch", "contexts", "heads", "kv_heads", "head_dim",
+                          "block_size", "time_s", "flops", "bytes", "max_context", "sum_context"],
 }
-OPS = ["gemm", "attn_prefill", "attn_decode", "elementwise"]
+MULTI_OPS = ["attn_prefill_multi", "attn_decode_multi"]
+OPS = ["gemm", "attn_prefill", "attn_decode", "elementwise"] + MULTI_OPS
 ELEMENTWISE_OPS = ["rmsnorm", "silu_mul", "rotary", "add", "copy", "launch"]
 BLOCK_SIZE = 16  # paged KV block size (tokens per block)
 DECODE_KV_LIMIT_BYTES = 40 * 10**9  # skip decode combos whose K+V cache exceeds this
@@ -265,12 +272,15 @@ def elementwise_flops_bytes(op: str, tokens: int, hidden: int, elt: int = 2):
 
 def estimate_points(quick: bool = False) -> dict[str, int]:
     """Points per grid (GEMM on DEFAULT_NUM_SMS SMs)."""
+    from calibrate import grids_multi
     return {
         "gemm_bf16": len(gemm_grid(quick)),
         "gemm_fp8": len(gemm_fp8_grid(quick)),
         "attn_prefill": len(PREFILL_SHAPES_QUICK if quick else PREFILL_SHAPES) * len(HEAD_CONFIGS),
         "attn_decode": len(decode_grid(quick)),
         "elementwise": len(elementwise_grid(quick)),
+        "attn_prefill_multi": len(grids_multi.prefill_multi_grid(quick)),
+        "attn_decode_multi": len(grids_multi.decode_multi_grid(quick)),
     }
 
 

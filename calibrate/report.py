@@ -5,6 +5,10 @@ code path the simulator uses), so the report checks the shipped YAML, not the fi
 internal copy.  Held-out errors are the ones the fit wrote into the profile (fit on part of
 each grid, predicted on the rest); in-sample errors are recomputed here.
 
+Many-sequence launches (attn_prefill_multi.csv, attn_decode_multi.csv) are reported apart
+from the single-sequence grids: launches of equal lengths are fitted points like the grid's,
+mixed launches are priced as the simulator prices them (never fitted), see calibrate.fit_multi.
+
 Ignores: nccl.csv (the communication model is fitted elsewhere).
 """
 from __future__ import annotations
@@ -15,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.measurements import SHAPE_COLS, TARGETS, make_op, read_measurements, read_provenance
+from calibrate.fit_multi import sets as _sets
+from calibrate.measurements import SHAPE_COLS, TARGETS, fold_multi, make_op, read_measurements, read_provenance
 from sim.cost.ops import op_time
 from sim.hardware import OP_KINDS, HardwareProfile
 
 
 def predictions(data_dir: str | Path, hw: HardwareProfile) -> pd.DataFrame:
-    """All measured op rows with predicted_s (op_time with the row's backend), ideal_ns, err_pct."""
-    frames = read_measurements(data_dir)
+    """All measured op rows with predicted_s (op_time with the row's backend), ideal_ns, err_pct
+    and set (grid, many_equal, many_mixed)."""
+    frames = fold_multi(read_measurements(data_dir))
     out = []
     for kind in OP_KINDS:
         if kind not in frames:
@@ -40,13 +46,20 @@ def predictions(data_dir: str | Path, hw: HardwareProfile) -> pd.DataFrame:
                        predicted_s=[op_time(hw, o, be) for o, be in zip(ops, df["backend"])],
                        ideal_ns=[max(o.flops() / hw.peak_flops(o.dtype), o.bytes() / hw.memory_bandwidth_bytes_per_s) * 1e9
                                  for o in ops],
-                       flops_=[o.flops() for o in ops], bytes_=[o.bytes() for o in ops],
-                       shape=[" ".join(f"{c}={r[c]}" for c in SHAPE_COLS[kind]) for r in df.to_dict("records")])
-        out.append(df[["kind", "sub_op", "backend", "dtype", "shape", "time_s", "predicted_s", "curve_s", "ideal_ns",
-                      "flops_", "bytes_"]])
+                       flops_=[o.flops() for o in ops], bytes_=[o.bytes() for o in ops], set=_sets(df),
+                       shape=[_shape_text(kind, r) for r in df.to_dict("records")])
+        out.append(df[["kind", "sub_op", "backend", "dtype", "shape", "set", "time_s", "predicted_s", "curve_s",
+                       "ideal_ns", "flops_", "bytes_"]])
     res = pd.concat(out, ignore_index=True)
     res["err_pct"] = (res["predicted_s"] / res["time_s"] - 1) * 100
     return res
+
+
+def _shape_text(kind: str, r) -> str:
+    if r.get("src") == "many_mixed":
+        return f"{'lengths' if kind == 'attn_prefill' else 'contexts'}={r['lengths']} " + " ".join(
+            f"{c}={r[c]}" for c in ("heads", "kv_heads", "head_dim"))
+    return " ".join(f"{c}={r[c]}" for c in SHAPE_COLS[kind])
 
 
 def _rel(path: str) -> str:
@@ -129,6 +142,61 @@ def _fmt_s(v: float) -> str:
     return f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v * 1e3:.3f} ms"
 
 
+def _many_seq_section(pred: pd.DataFrame, cal: dict) -> list[str]:
+    """Markdown: the many-sequence launches' held-out errors (fit without them), the mixed
+    launches as the profile prices them now, the fitted term and the decode imbalance trend."""
+    many = pred[pred["set"] != "grid"]
+    if many.empty:
+        return []
+    L = ["", "## Many-sequence launches", "",
+         "Launches of 16-256 prompts and decode batches to 2048 (`attn_*_multi.csv`). Equal lengths are fitted "
+         "(they extend the table rows); mixed lengths are priced as the simulator prices them (prefill: number "
+         "of sequences, summed work, longest chain; decode: number of requests, summed context) and never fitted. "
+         "Held-out: fit without those launches, then predict them; 'priced now': the shipped profile through "
+         "`op_time`, the simulator's code path.", "",
+         "| op | backend | held-out equal (n, median %, p90 %) | held-out mixed (n, median %, p90 %) | "
+         "mixed priced now (n, median %, p90 %) | meets targets (equal / mixed) |",
+         "| --- | --- | --- | --- | --- | --- |"]
+    for (kind, be), g in many.groupby(["kind", "backend"], sort=True):
+        meta = (cal.get("errors", {}).get(be, {}) or {}).get(kind, {})
+        mx = g[g["set"] == "many_mixed"]["err_pct"]
+
+        def cell(pre):
+            n = meta.get(f"{pre}_points")
+            return "-" if n is None else (f"{n}, {meta[f'{pre}_median_abs_pct_err']:.2f}, "
+                                          f"{meta[f'{pre}_p90_abs_pct_err']:.2f}")
+        now = f"{len(mx)}, {_pct(mx, 50):.2f}, {_pct(mx, 90):.2f}" if len(mx) else "-"
+        ok = " / ".join({True: "yes", False: "**no**"}.get(_meets(meta, pre), "-")
+                        for pre in ("many_seq_equal_heldout", "many_seq_mixed_heldout"))
+        L.append(f"| {kind} | {be} | {cell('many_seq_equal_heldout')} | {cell('many_seq_mixed_heldout')} | "
+                 f"{now} | {ok} |")
+    notes = []
+    for be, ops in sorted((cal.get("fit_terms") or {}).items()):
+        for kind, info in sorted(ops.items()):
+            for key, f in sorted(info.items()):
+                if key.endswith("_fit"):
+                    notes.append(f"- {kind} / {be}: `{key[:-4]}` fitted {f['fitted_value']:.4g} s, "
+                                 f"{'adopted' if f['adopted'] else 'not adopted'} (mixed launches' median error "
+                                 f"{f['median_without']} % without, {f['median_with']} % with); {f['note']}")
+                elif key == "many_seq_mixed_imbalance_trend":
+                    notes.append(f"- {kind} / {be}: mixed launches take {f['pct_per_doubling']:+.2f} % more than "
+                                 f"priced per doubling of max / mean context (R^2 {f['r2']}, {f['launches']} "
+                                 "launches; the simulator sees only the summed context)")
+    if notes:
+        L += ["", "Many-sequence terms and trends (calibrate.fit_multi):", ""] + notes
+    for mk, r in sorted((cal.get("vendor_varlen_vs_sdpa") or {}).items()):
+        L.append(f"- {mk}: FlashAttention varlen / SDPA on {r['launches']} equal launches: median "
+                 f"{r['median_ratio']}, range {r['min_ratio']}-{r['max_ratio']} (vendor mixed launches use varlen)")
+    return L
+
+
+def _meets(meta: dict, pre: str):
+    med, p90 = meta.get(f"{pre}_median_abs_pct_err"), meta.get(f"{pre}_p90_abs_pct_err")
+    if med is None:
+        return None
+    return med <= TARGETS["median_abs_pct_err"] and p90 <= TARGETS["p90_abs_pct_err"]
+
+
 def write_report(data_dir: str | Path, hw: HardwareProfile, out_md: str | Path) -> Path:
     """Write the markdown report and its plots (in ``<out stem>_plots/`` next to it)."""
     data_dir, out_md = Path(data_dir), Path(out_md)
@@ -169,7 +237,7 @@ def write_report(data_dir: str | Path, hw: HardwareProfile, out_md: str | Path) 
     for (kind, be), g in pred.groupby(["kind", "backend"], sort=True):
         e = hw.op_efficiency(kind, be)
         meta = (cal.get("errors", {}).get(be, {}) or {}).get(kind, {})
-        gp = g[g["dtype"] == "bf16"] if kind == "gemm" else g
+        gp = g[g["dtype"] == "bf16"] if kind == "gemm" else g[g["set"] != "many_mixed"]  # the fitted rows
         L.append(f"| {kind} | {be} | {len(gp)} | {e.compute_frac:.3f} | {e.bandwidth_frac:.3f} | "
                  f"{e.fixed_flops / 1e9:.2f} | {e.fixed_bytes / 1e6:.2f} | {_fmt_s(e.launch_s)} | "
                  f"{meta.get('heldout_median_abs_pct_err', '-')} | {meta.get('heldout_p90_abs_pct_err', '-')} | "
@@ -182,11 +250,15 @@ def write_report(data_dir: str | Path, hw: HardwareProfile, out_md: str | Path) 
         held = held.assign(err=he, err_curve=hc)
         L += ["", "Held-out errors by sub-op and dtype (fit without these shapes; 'curve only' = what a shape of "
               "an unmeasured family would get):", "",
-              "| op | sub-op | backend | dtype | held-out points | median % | p90 % | curve only median % | curve only p90 % |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for (kind, sub, be, dt), g in held.groupby(["kind", "sub_op", "backend", "dtype"], sort=True):
-            L.append(f"| {kind} | {sub} | {be} | {dt} | {len(g)} | {_pct(g['err'], 50):.2f} | {_pct(g['err'], 90):.2f} | "
-                     f"{_pct(g['err_curve'], 50):.2f} | {_pct(g['err_curve'], 90):.2f} |")
+              "| op | sub-op | set | backend | dtype | held-out points | median % | p90 % | curve only median % | "
+              "curve only p90 % |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        if "set" not in held.columns:
+            held = held.assign(set="grid")
+        for (kind, sub, st, be, dt), g in held.groupby(["kind", "sub_op", "set", "backend", "dtype"], sort=True):
+            L.append(f"| {kind} | {sub} | {st} | {be} | {dt} | {len(g)} | {_pct(g['err'], 50):.2f} | "
+                     f"{_pct(g['err'], 90):.2f} | {_pct(g['err_curve'], 50):.2f} | {_pct(g['err_curve'], 90):.2f} |")
+    L += _many_seq_section(pred, cal)
     L += ["", "## Measured vs predicted at representative shapes", "",
           "| op | backend | shape | measured | predicted | error % | achieved TFLOP/s | achieved TB/s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -1,15 +1,19 @@
 """Calibration runner: correctness checks, then timed shape grids -> CSVs + provenance.json.
 
   python -m calibrate.run --gpu-name h100_sxm --out calibrate/data/h100_sxm [--quick]
-      [--ops gemm,attn_prefill,attn_decode,elementwise] [--backends triton,vendor] [--check-only]
+      [--ops gemm,attn_prefill,attn_decode,elementwise,attn_prefill_multi,attn_decode_multi]
+      [--backends triton,vendor] [--flush zero|read|none] [--check-only] [--estimate]
 
-Timing (calibrate/timing.py): do_bench's method (median over event-timed calls, warm-up, 256 MB
-zeroed before every timed call so inputs and weights are never L2-resident), with the host kept
-ahead of the GPU.  Prefill and decode attention are timed in several passes over their whole
-grid in shuffled order with fresh inputs each pass (the per-point median is kept; every window
-is in windows.csv); elementwise ops in five such passes (their trimmed mean is kept).  Each op
-has a wall-time budget; points past it are skipped and counted in provenance.json.  A rerun of
-some ops into another folder is merged into a data folder by calibrate.merge.
+Timing (calibrate/timing.py): do_bench's method (median over event-timed calls, warm-up, L2
+emptied before every timed call: 256 MB zeroed, or read with --flush read; with --flush none
+nothing, and each timed call rotates through copies of its inputs), with the host kept ahead of
+the GPU.  Prefill and decode attention (single- and many-sequence grids) are timed in several
+passes over their whole grid in shuffled order with fresh inputs each pass (the per-point
+median is kept; every window is in windows.csv); elementwise ops in five such passes (their
+trimmed mean is kept).  Before timing, the run prints its estimated wall time per op
+(calibrate.estimate).  Each op has a wall-time budget, and the whole run a deadline
+(--max-wall-s); points past them are skipped and counted in provenance.json.  A rerun of some
+ops into another folder is merged into a data folder by calibrate.merge.
 """
 from __future__ import annotations
 
@@ -27,13 +31,18 @@ import traceback
 import torch
 import triton
 
-from . import grids
+from . import estimate, grids, timing
 from .harness import (BUDGET, Budget, CsvOut, Skips, log, measure_peaks, nvsmi, run_checks, sync,
                       write_pass_rows)
 from .kernels import elementwise, gemm
-from .run_attention import time_decode, time_prefill
-from .timing import (AGGREGATE, DEV, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog,
-                     bench, bench_pass, run_passes)
+from .run_attention import time_decode, time_decode_multi, time_prefill, time_prefill_multi
+from .timing import (AGGREGATE, DEV, FLUSH_MODES, HOST, PASS_TIMING, PASSES, PHASE_S, SPREAD, TIMING, WindowLog,
+                     bench, bench_pass, rotation, run_passes)
+
+FLUSH_METHOD = {"zero": "256 MB zeroed before each timed call (triton.testing.do_bench's method)",
+                "read": "256 MB read (an int32 -> int64 sum) before each timed call: L2 left holding clean lines",
+                "none": "no flush; each timed call rotates through copies of its inputs "
+                        "(calibrate.timing.rotation: >= 4 x L2 of other copies between two uses)"}
 
 def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None):
     bud = Budget("gemm", BUDGET["gemm"])
@@ -46,31 +55,34 @@ def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None)
             if bud.over():
                 skips.add(f"gemm_{dtype}_budget")
                 continue
-            mmax = max(ms)
-            a = torch.randn(mmax, k, device=DEV, dtype=torch.bfloat16)
+            mmax, in_b = max(ms), (2 if dtype == "bf16" else 1)
+            # with --flush none each timed call takes the next of enough copies of the weight and
+            # of A (A: row windows of one taller buffer, so its copies stay within ~4 x L2)
+            weights = [_weight(k, n, dtype) for _ in range(rotation(k * n * in_b))]
+            rows = mmax + (int(timing.ROTATE_L2_MULTIPLE * timing.L2_BYTES / (k * in_b)) + 1 if len(weights) > 1 else 0)
+            a = torch.randn(rows, k, device=DEV, dtype=torch.bfloat16)
             c = torch.empty(mmax, n, device=DEV, dtype=torch.bfloat16)
-            if dtype == "bf16":
-                b = torch.randn(k, n, device=DEV, dtype=torch.bfloat16)
-            else:
-                wt = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
+            sa = None
+            if dtype == "fp8":
                 a, sa = gemm.to_fp8(a)
-                b, sb = gemm.to_fp8(wt)
-                b = b.t()  # [K,N] view, K contiguous
-                del wt
             for m in ms:
-                am, cm = a[:m], c[:m]
-                flops, byts = grids.gemm_flops_bytes(m, n, k, 2 if dtype == "bf16" else 1, 2)
+                cm = c[:m]
+                flops, byts = grids.gemm_flops_bytes(m, n, k, in_b, 2)
+                span = rows - m + 1
+                ops = [(a[(j * m) % span:(j * m) % span + m],) + weights[j] for j in range(min(len(weights),
+                                                                                                  rotation(byts)))]
                 for be in backends:
                     if be == "triton" and not ok_triton:
                         continue
                     try:
                         if dtype == "bf16":
-                            fn = (lambda: gemm.matmul(am, b, cm)) if be == "triton" else \
-                                 (lambda: torch.matmul(am, b, out=cm))
+                            fn = [(lambda am=am, b=b: gemm.matmul(am, b, cm)) if be == "triton" else
+                                  (lambda am=am, b=b: torch.matmul(am, b, out=cm)) for am, b, _ in ops]
                         else:
-                            fn = (lambda: gemm.matmul_fp8(am, b, sa, sb, cm)) if be == "triton" else \
-                                 (lambda: torch._scaled_mm(am, b, scale_a=sa, scale_b=sb,
-                                                           out_dtype=torch.bfloat16))
+                            fn = [(lambda am=am, b=b, sb=sb: gemm.matmul_fp8(am, b, sa, sb, cm)) if be == "triton"
+                                  else (lambda am=am, b=b, sb=sb: torch._scaled_mm(am, b, scale_a=sa, scale_b=sb,
+                                                                                   out_dtype=torch.bfloat16))
+                                  for am, b, sb in ops]
                         t = bench(fn)
                     except Exception as e:  # noqa: BLE001
                         skips.add(f"gemm_{dtype}_{be}: {type(e).__name__}: {str(e)[:120]}")
@@ -79,8 +91,17 @@ def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None)
                           flops=flops, bytes=byts)
             log(f"[gemm] {dtype} K={k} N={n} M={ms[0]}..{ms[-1]} done "
                 f"({time.time() - bud.t0:.0f} s)")
-            del a, b, c
-    torch.cuda.empty_cache()
+            del a, c, weights
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _weight(k: int, n: int, dtype: str):
+    """A random [K, N] weight (fp8: stored [N, K], K contiguous, with its scale)."""
+    if dtype == "bf16":
+        return torch.randn(k, n, device=DEV, dtype=torch.bfloat16), None
+    b, sb = gemm.to_fp8(torch.randn(n, k, device=DEV, dtype=torch.bfloat16))
+    return b.t(), sb  # [K,N] view, K contiguous
 
 
 def _num_sms() -> int:
@@ -183,12 +204,12 @@ def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips, window
 
     def time_point(pt, p):
         op, t_, hid = pt
-        a = inputs(op, t_, hid)
+        copies = [inputs(op, t_, hid) for _ in range(rotation(grids.elementwise_flops_bytes(op, t_, hid)[1]))]
         for be in (list(backends) if p % 2 == 0 else list(reversed(backends))):
             if (op == "copy" and be != "vendor") or (be == "triton" and not ok_triton):
                 continue
             try:
-                t = bench_pass(kernel(op, be, hid, a))
+                t = bench_pass([kernel(op, be, hid, a) for a in copies])
             except Exception as e:  # noqa: BLE001
                 skips.add(f"elementwise_{op}_{be}: {type(e).__name__}: {str(e)[:120]}")
                 continue
@@ -203,7 +224,8 @@ def time_elementwise(w: CsvOut, backends, ok_triton, quick, skips: Skips, window
         return dict(op=op, dtype="bf16", tokens=t_, hidden=hid, flops=flops, bytes=byts)
     write_pass_rows(w, points, backends, got, row_of)
     log(f"[elementwise] done ({time.time() - bud.t0:.0f} s)")
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------ summary
@@ -241,6 +263,13 @@ def main(argv=None):
     p.add_argument("--check-only", action="store_true")
     p.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply every op's wall-time budget")
+    p.add_argument("--flush", choices=FLUSH_MODES, default=TIMING["flush"],
+                   help="L2 before each timed call: zero (do_bench), read, none (rotating input copies)")
+    p.add_argument("--multi-passes", type=int, default=None,
+                   help=f"passes over the many-sequence grids (default {PASSES['attn_prefill_multi']})")
+    p.add_argument("--max-wall-s", type=float, default=540.0,
+                   help="deadline of the whole run: an op starting later gets only what is left")
+    p.add_argument("--estimate", action="store_true", help="print the estimated wall time per op and stop")
     args = p.parse_args(argv)
     t_start = time.time()
     ops = [o for o in args.ops.split(",") if o]
@@ -250,9 +279,18 @@ def main(argv=None):
             p.error(f"unknown op {o}")
     for k in BUDGET:
         BUDGET[k] *= args.budget_scale
+    TIMING["flush"] = args.flush
+    if args.multi_passes is not None:
+        if args.multi_passes < 1:
+            p.error("--multi-passes must be >= 1")
+        PASSES.update({o: args.multi_passes for o in grids.MULTI_OPS})
     if args.quick:
         TIMING.update(warmup_ms=3, rep_ms=10)
         PASS_TIMING.update(rep_ms=5)
+    if args.estimate:  # no device needed: datasheet H200 rates
+        log(estimate.format_estimate(estimate.run_seconds(ops, PASSES, backends, args.quick, args.flush, None,
+                                                          TIMING, PASS_TIMING)))
+        return 0
     os.makedirs(args.out, exist_ok=True)
     if DEV == "cuda":
         assert torch.cuda.is_available(), "needs a CUDA GPU"
@@ -260,7 +298,8 @@ def main(argv=None):
     else:  # pipeline smoke test on a CPU (TRITON_INTERPRET=1); numbers are meaningless
         import types
         props = types.SimpleNamespace(name="cpu-interpreter", multi_processor_count=0,
-                                      total_memory=0, major=0, minor=0)
+                                      total_memory=0, major=0, minor=0, L2_cache_size=2**20)
+    timing.L2_BYTES = getattr(props, "L2_cache_size", None) or timing.L2_BYTES  # flush "none": rotation size
     prov = {
         "gpu_name_arg": args.gpu_name,
         "device_name": props.name,
@@ -277,11 +316,13 @@ def main(argv=None):
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, "-m", "calibrate.run"] + (argv or sys.argv[1:])),
         "clocks_before": nvsmi("clocks.sm,clocks.mem,clocks.max.sm"),
-        "timing": {"method": "calibrate.timing.bench: do_bench's median of event-timed calls with 256 MB "
-                             "zeroed before each, host kept ahead of the GPU (spin kernel; calls the GPU "
-                             "reached before the host had enqueued them dropped)",
+        "timing": {"method": "calibrate.timing.bench: do_bench's median of event-timed calls, "
+                             + FLUSH_METHOD[args.flush] + ", host kept ahead of the GPU (spin kernel; calls "
+                             "the GPU reached before the host had enqueued them dropped)",
                    **TIMING, "multi_pass_window": dict(PASS_TIMING), "passes": dict(PASSES),
-                   "pass_aggregate": dict(AGGREGATE)},
+                   "pass_aggregate": dict(AGGREGATE), "max_wall_s": args.max_wall_s}
+        | ({"rotation_l2_bytes": timing.L2_BYTES, "rotation_l2_multiple": timing.ROTATE_L2_MULTIPLE,
+            "rotation_max_copies": timing.ROTATE_MAX_COPIES} if args.flush == "none" else {}),
         "quick": args.quick,
         "ops": ops, "backends": backends,
     }
@@ -292,8 +333,12 @@ def main(argv=None):
     skips = Skips()
     if not args.check_only:
         prov["peaks"] = measure_peaks() if DEV == "cuda" else {}
+        est = estimate.run_seconds(ops, PASSES, backends, args.quick, args.flush, prov["peaks"], TIMING, PASS_TIMING)
+        log(estimate.format_estimate(est))
+        prov["estimate_s"] = {k: (v["seconds"] if isinstance(v, dict) else v) for k, v in est.items()}
         timers = {"gemm": time_gemm, "attn_prefill": time_prefill, "attn_decode": time_decode,
-                  "elementwise": time_elementwise}
+                  "elementwise": time_elementwise, "attn_prefill_multi": time_prefill_multi,
+                  "attn_decode_multi": time_decode_multi}
         windows = WindowLog(os.path.join(args.out, "windows.csv"))
         # no cyclic GC inside the sweeps: a full collection over torch's and triton's objects
         # takes ~130 ms and ran about once per timing window of a Triton kernel (seen on an H100)
@@ -303,6 +348,7 @@ def main(argv=None):
             gc.freeze()
             w = CsvOut(os.path.join(args.out, f"{op}.csv"), grids.COLUMNS[op])
             t0 = time.time()
+            BUDGET[op] = min(BUDGET[op], max(0.0, t_start + args.max_wall_s - t0))  # the run's deadline
             try:
                 timers[op](w, backends, checks[op]["passed"], args.quick, skips, windows)
             except Exception as e:  # noqa: BLE001

@@ -1,6 +1,23 @@
 """How the calibration runner times a kernel: bench() (one window: do_bench's method with the
-host kept ahead of the GPU) and run_passes() (several shuffled passes over an op's grid, fresh
-inputs each pass, per-point median across passes, every window logged).
+host kept ahead of the GPU, and a choice of what happens to L2 before each timed call) and
+run_passes() (several shuffled passes over an op's grid, fresh inputs each pass, per-point
+median across passes, every window logged).
+
+L2 before each timed call (``TIMING["flush"]``, the runner's ``--flush``):
+  zero  256 MB zeroed (triton.testing.do_bench's method; the default).  Leaves L2 full of
+        dirty lines, whose write-back inside the timed call takes HBM bandwidth from a
+        memory-bound kernel: suspected of the 20-40 % that decode GEMMs and attention took
+        LESS inside real engine steps than calibrated (issue "fidelity inside real steps").
+  read  256 MB read by a reduction (int32 -> one int64 sum): L2 holds clean lines of the
+        buffer, so nothing of the timed kernel's is resident and nothing needs writing back.
+  none  nothing; callers pass ``rotation(footprint)`` copies of the inputs and each timed call
+        uses the next copy, so a copy is reused only after ROTATE_L2_MULTIPLE x L2 of other
+        inputs (a real step's weights and KV were last touched a whole layer ago).
+The flush kernel runs before the call's start event in stream order, so its time is outside
+the timed window in every mode.
+
+Ignores: L2 contents a real step leaves between kernels (the previous op's output is L2-hot
+there); calibrate/instep.py compares these methods with times measured inside steps.
 """
 from __future__ import annotations
 
@@ -18,19 +35,29 @@ DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
 
 # Window settings: warm-up and repetition time as do_bench takes them, capped in calls; --quick
 # lowers them.  Ops timed in several passes use shorter windows (PASS_TIMING), one per pass.
-TIMING = {"warmup_ms": 5, "rep_ms": 20, "max_warmup": 25, "max_reps": 100}
+# "flush": what happens to L2 before each timed call (module doc); "zero" until the comparison
+# inside real steps (calibrate/instep.py) says otherwise; the runner's --flush sets it
+TIMING = {"warmup_ms": 5, "rep_ms": 20, "max_warmup": 25, "max_reps": 100, "flush": "zero"}
+FLUSH_MODES = ("zero", "read", "none")
+FLUSH_BYTES = 256 * 10**6 if DEV == "cuda" else 10**6  # do_bench's 256 MB; 1 MB in the CPU smoke mode
+L2_BYTES = 60 * 2**20       # the runner sets the device's (torch's L2_cache_size); H200: 60 MiB
+ROTATE_L2_MULTIPLE = 4      # flush "none": distinct inputs between two uses of one copy, in L2 sizes
+ROTATE_MAX_COPIES = 256     # below ~1 MB a kernel is launch-bound: its L2 hits cost nothing measurable
 PASS_TIMING = {"rep_ms": 10, "max_reps": 50}
 # passes over an op's whole grid (shuffled order, fresh inputs each pass; the per-point median
 # across passes is kept): single-window runs showed isolated 2-4x slow points in decode and
 # prefill on both GPUs, and a 3-window run that reused one point's inputs back to back kept some
-PASSES = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 5}
+# prefill and decode over many sequences (the *_multi grids) in as many passes as their
+# single-sequence grids, unless the runner's time estimate says the call cannot hold them
+PASSES = {"gemm": 1, "attn_prefill": 3, "attn_decode": 3, "elementwise": 5,
+          "attn_prefill_multi": 3, "attn_decode_multi": 3}
 # how an op's passes are combined per point: the median, or (elementwise) the mean of the passes
 # less the highest and the lowest.  Elementwise kernels of 4-6 us took one of two levels
 # ~0.4 us apart depending on where their inputs were allocated (neighbouring grid points
 # alternated between them on both GPUs, one window per point), so a median of a few passes
 # would still pick one level; the trimmed mean averages them and drops a stray window.
 AGGREGATE = {"gemm": "median", "attn_prefill": "median", "attn_decode": "median",
-             "elementwise": "trimmed_mean"}
+             "elementwise": "trimmed_mean", "attn_prefill_multi": "median", "attn_decode_multi": "median"}
 UNSTABLE_RATIO = 1.2        # points whose passes disagree by more (max/min) are counted per op
 SHUFFLE_SEED = 20261123     # pass p visits the grid in random.Random(SHUFFLE_SEED + p) order
 SPIN_CYCLES_PER_S = 2.0e9   # >= the SM clock (1.98 GHz max on H100/H200): a spin lasts >= asked
@@ -70,7 +97,7 @@ class HostAhead:
 SPREAD = Spread()
 HOST = HostAhead()
 PHASE_S = {"first_call": 0.0, "estimate": 0.0, "warmup": 0.0, "timed": 0.0, "retries_readout": 0.0}  # wall s
-_FLUSH: list = []
+_FLUSH: dict = {}
 
 
 def _spin(seconds: float) -> None:
@@ -78,10 +105,30 @@ def _spin(seconds: float) -> None:
     torch.cuda._sleep(int(max(seconds, 0.0) * SPIN_CYCLES_PER_S))
 
 
-def _flush_buffer():
-    if not _FLUSH:  # the same 256 MB that triton.testing.do_bench zeroes before each call
-        _FLUSH.append(torch.empty(256 * 10**6 // 4, dtype=torch.int32, device=DEV))
-    return _FLUSH[0]
+def _flusher(mode: str):
+    """What runs before each timed call in flush mode ``mode`` (None for "none")."""
+    if mode not in FLUSH_MODES:
+        raise ValueError(f"flush mode {mode!r}; expected one of {FLUSH_MODES}")
+    if mode == "none":
+        return None
+    if "buf" not in _FLUSH:  # the same 256 MB that triton.testing.do_bench zeroes before each call
+        _FLUSH["buf"] = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device=DEV)
+        _FLUSH["sum"] = torch.zeros((), dtype=torch.int64, device=DEV)
+    buf, out = _FLUSH["buf"], _FLUSH["sum"]
+    if mode == "zero":
+        return buf.zero_
+    # a full reduction reads every element (it cannot be skipped) and writes 8 bytes
+    return lambda: torch.sum(buf, 0, dtype=torch.int64, out=out)
+
+
+def rotation(footprint_bytes: float, mode: str | None = None) -> int:
+    """Copies of its inputs a timed call should rotate through: 1 when the flush empties L2,
+    else (mode "none") enough that ROTATE_L2_MULTIPLE x L2_BYTES of other copies are read
+    between two uses of one copy (at most ROTATE_MAX_COPIES)."""
+    if (mode or TIMING["flush"]) != "none":
+        return 1
+    need = ROTATE_L2_MULTIPLE * L2_BYTES / max(float(footprint_bytes), 1.0)
+    return int(min(ROTATE_MAX_COPIES, max(1, -(-need // 1))))
 
 
 def _median(xs: list[float]) -> float:
@@ -97,38 +144,49 @@ def _trimmed_mean(xs: list[float]) -> float:
     return sum(s) / len(s)
 
 
-def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float:
+def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: str | None = None) -> float:
     """Median device seconds of one call of fn, measured as triton.testing.do_bench measures it
-    (256 MB zeroed before each timed call so inputs are never L2-resident, CUDA events around
-    the call, warm-up first), but with the host kept ahead of the GPU: a spin kernel holds the
-    GPU while the host enqueues the timed calls, and a call whose start event the GPU had
-    already reached when the host finished enqueuing it (the GPU may have waited for the host
-    inside the window) is dropped; if more than a tenth are, the window is retried with a
-    longer spin.  A Triton launch costs 12-17 us of Python, so without this the windows of
-    small Triton kernels (two launches for split decode) could measure the host."""
-    if DEV != "cuda":
-        fn()
+    (a flush before each timed call, CUDA events around the call, warm-up first), but with the
+    host kept ahead of the GPU: a spin kernel holds the GPU while the host enqueues the timed
+    calls, and a call whose start event the GPU had already reached when the host finished
+    enqueuing it (the GPU may have waited for the host inside the window) is dropped; if more
+    than a tenth are, the window is retried with a longer spin.  A Triton launch costs 12-17 us
+    of Python, so without this the windows of small Triton kernels (two launches for split
+    decode) could measure the host.
+
+    ``fn``: a callable, or a list of callables (the same op on copies of its inputs, see
+    ``rotation``), called in turn.  ``flush``: "zero", "read" or "none" (module doc); None
+    takes TIMING["flush"]."""
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    nf = len(fns)
+    flush_fn = _flusher(flush or TIMING["flush"])
+    if DEV != "cuda":  # CPU smoke mode: exercise the calls and the flush, time one call
+        fns[-1]()
+        if flush_fn is not None:
+            flush_fn()
         t0 = time.perf_counter()
-        fn()
+        fns[0]()
         return time.perf_counter() - t0
     rep_ms = TIMING["rep_ms"] if rep_ms is None else rep_ms
     max_reps = TIMING["max_reps"] if max_reps is None else max_reps
-    cache = _flush_buffer()
+    flush_fn = flush_fn or (lambda: None)
     ev = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
     w0 = time.perf_counter()
-    fn()  # compilation, allocations
+    fns[0]()  # compilation, allocations
     torch.cuda.synchronize()
     w1 = time.perf_counter()
-    # one call (then, if short, five) behind a spin: GPU time per (zero + call), host time per call
+    # one call (then, if short, five) behind a spin: GPU time per (flush + call), host time per call
     a, b = ev(), ev()
     est = host = 0.0
+    k = 0
     for n in (1, 5):
         _spin(0.3e-3 + 2 * n * 100e-6)
         a.record()
         h0 = time.perf_counter()
         for _ in range(n):
-            cache.zero_()
-            fn()
+            flush_fn()
+            fns[k % nf]()
+            k += 1
         host = (time.perf_counter() - h0) / n
         b.record()
         torch.cuda.synchronize()
@@ -139,7 +197,8 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
     n_warm = max(1, min(TIMING["max_warmup"], int(TIMING["warmup_ms"] * 1e-3 / est)))
     n_rep = max(1, min(max_reps, int(rep_ms * 1e-3 / est)))
     for _ in range(n_warm):
-        fn()
+        fns[k % nf]()
+        k += 1
     starts = [ev() for _ in range(n_rep)]
     ends = [ev() for _ in range(n_rep)]
     w3 = time.perf_counter()
@@ -150,9 +209,10 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
         _spin(lead)
         late = set()
         for i in range(n_rep):
-            cache.zero_()
+            flush_fn()          # before the start event: never inside the timed window
             starts[i].record()
-            fn()
+            fns[k % nf]()
+            k += 1
             ends[i].record()
             if starts[i].query():  # the GPU is already past this call's start
                 late.add(i)
@@ -169,13 +229,13 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None) -> float
     HOST.late += n_rep - len(keep)
     t = _median([starts[i].elapsed_time(ends[i]) * 1e-3 for i in keep])
     w5 = time.perf_counter()
-    for k, dt in zip(PHASE_S, (w1 - w0, w2 - w1, w3 - w2, w4 - w3, w5 - w4)):
-        PHASE_S[k] += dt
+    for key, dt in zip(PHASE_S, (w1 - w0, w2 - w1, w3 - w2, w4 - w3, w5 - w4)):
+        PHASE_S[key] += dt
     return t
 
 
 def bench_pass(fn) -> float:
-    """One window of a multi-pass op (shorter: PASS_TIMING)."""
+    """One window of a multi-pass op (shorter: PASS_TIMING); ``fn`` as in ``bench``."""
     return bench(fn, PASS_TIMING["rep_ms"], PASS_TIMING["max_reps"])
 
 

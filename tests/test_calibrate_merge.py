@@ -40,7 +40,7 @@ def test_merge_replaces_rerun_ops_and_keeps_the_rest(tmp_path):
     win = _read(into / "windows.csv")
     assert win[0] == ["op", "backend", "shape", "pass", "time_s"]
     assert sorted((r[0], r[4]) for r in win[1:]) == sorted(
-        [("gemm", "first"), ("attn_decode", "first"), ("attn_prefill", "second"), ("elementwise", "second")])
+        (op, "second" if op in ("attn_prefill", "elementwise") else "first") for op in grids.OPS)
     prov = json.loads((into / "provenance.json").read_text())
     assert prov["date_utc"] == "first" and prov["peaks"] == {"x": 1}
     assert [r["date_utc"] for r in prov["reruns"]] == ["second"] and "peaks" not in prov["reruns"][0]
