@@ -32,6 +32,7 @@ from sim.workload.generator import RequestStream, build_stream
 
 
 # the iteration columns summary() reads (the replica: per-replica saturation and per-pool figures)
+PP_COLUMNS = ["gemm_s", "attn_s", "other_s", "comm_s"]  # a pipeline pool's busy fraction
 SUMMARY_ITERATION_COLUMNS = ["replica", "start_s", "step_s", "num_decode", "num_itl_tokens", "num_waiting",
                              "kv_usage_frac"]
 
@@ -69,7 +70,8 @@ class Results:
         it = self._iterations
         if it is None:
             if self._summary_iterations is None:
-                self._summary_iterations = self._build(SUMMARY_ITERATION_COLUMNS)
+                pp = any(p["pp"] > 1 for p in self.info.get("pools", []))
+                self._summary_iterations = self._build(SUMMARY_ITERATION_COLUMNS + (PP_COLUMNS if pp else []))
             it = self._summary_iterations
         pools = self.info.get("pools")
         max_seqs = [p["max_num_seqs"] for p in pools for _ in range(p["num_replicas"])] if pools else \

@@ -26,10 +26,11 @@ from __future__ import annotations
 from sim.config import ConfigError
 from sim.cost.base import StepTime
 from sim.engine.build import build_engine
-from sim.engine.request import REJECTED, Request
+from sim.engine.replica import Intake
+from sim.engine.request import Request
 
 
-class PipelineReplica:
+class PipelineReplica(Intake):
     """``pp`` virtual engines over ``pp`` pipeline stages (see module doc)."""
 
     def __init__(self, env, index: int, engine, model, hw, layout, cost, recorder, max_model_len: int,
@@ -63,35 +64,13 @@ class PipelineReplica:
         return sum(s.kv.pool.num_used for s in self.schedulers)
 
     def submit(self, r: Request) -> None:
-        r.replica = self.index
         v = min(range(self.pp), key=lambda i: (len(self.schedulers[i].running) + len(self.schedulers[i].waiting)
                                               + len(self.schedulers[i].swapped), i))
-        sched = self.schedulers[v]
-        if r.prompt_tokens + r.output_tokens > self.max_model_len or sched.never_fits(r):
-            r.state = REJECTED
-            r.finish_s = self.env.now
-            self.recorder.request_done(r)
-            if self.on_finish_cb:
-                self.on_finish_cb(r)
+        if not self._accept(r, self.schedulers[v]):
             return
-        sched.add(r)
-        view = self.view
-        if view is not None:
-            view.num_outstanding += 1
-            view.queued_tokens += r.prompt_tokens
-            view.changed()
         w = self._wake[v]
         if w is not None and not w.triggered:
             w.succeed()
-
-    def _finished(self, r: Request) -> None:
-        self.recorder.request_done(r)
-        view = self.view
-        if view is not None:
-            view.num_outstanding -= 1
-            view.changed()
-        if self.on_finish_cb:
-            self.on_finish_cb(r)
 
     def pipe(self, now: float, stages: list[StepTime], p2p_s: float) -> tuple[float, float]:
         """Pass one micro-batch scheduled at ``now`` through the stages: (its end time, the

@@ -55,7 +55,41 @@ def timeout_at(env: simpy.Environment, when: float) -> simpy.Event:
     return ev
 
 
-class Replica:
+class Intake:
+    """What every kind of replica does with a request it is given and one it finishes: reject
+    what can never run (as an engine returns an error), else queue it; record finished
+    requests; keep the router's view (``view``) and the source's callback informed. Uses
+    ``env``, ``index``, ``recorder``, ``max_model_len``, ``view`` and ``on_finish_cb``."""
+
+    def _accept(self, r: Request, sched: Scheduler) -> bool:
+        """Queue ``r`` on ``sched``; False (and ``r`` recorded as rejected) if it can never run."""
+        r.replica = self.index
+        if r.prompt_tokens + r.output_tokens > self.max_model_len or sched.never_fits(r):
+            r.state = REJECTED
+            r.finish_s = self.env.now
+            self.recorder.request_done(r)
+            if self.on_finish_cb:
+                self.on_finish_cb(r)
+            return False
+        sched.add(r)
+        view = self.view
+        if view is not None:
+            view.num_outstanding += 1
+            view.queued_tokens += r.prompt_tokens
+            view.changed()
+        return True
+
+    def _finished(self, r: Request) -> None:
+        self.recorder.request_done(r)
+        view = self.view
+        if view is not None:
+            view.num_outstanding -= 1
+            view.changed()
+        if self.on_finish_cb:
+            self.on_finish_cb(r)
+
+
+class Replica(Intake):
     """A replica: scheduler + KV cache + cost model, driven by a simpy process."""
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
@@ -87,21 +121,8 @@ class Replica:
 
     # -- input -----------------------------------------------------------------------------
     def submit(self, r: Request) -> None:
-        r.replica = self.index
-        total = r.prompt_tokens + r.output_tokens
-        view = self.view
-        if total > self.max_model_len or self.scheduler.never_fits(r):
-            r.state = REJECTED
-            r.finish_s = self.env.now
-            self.recorder.request_done(r)
-            if self.on_finish_cb:
-                self.on_finish_cb(r)
+        if not self._accept(r, self.scheduler):
             return
-        self.scheduler.add(r)
-        if view is not None:
-            view.num_outstanding += 1
-            view.queued_tokens += r.prompt_tokens
-            view.changed()
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._run is not None:
@@ -116,15 +137,6 @@ class Replica:
             self._cut = cut
             self._run = None
             self.process.interrupt()
-
-    def _finished(self, r: Request) -> None:
-        self.recorder.request_done(r)
-        view = self.view
-        if view is not None:
-            view.num_outstanding -= 1
-            view.changed()
-        if self.on_finish_cb:
-            self.on_finish_cb(r)
 
     def _decode_run(self, k: int):
         """Fast-forward pure-decode steps with one simpy event.

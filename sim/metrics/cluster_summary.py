@@ -6,7 +6,8 @@ hardware profile or the pool's override, in USD), ``cost_per_million_output_toke
 hourly cost over the output tokens the run produced per hour at its measured throughput),
 and ``per_pool``: requests, output tokens/s, requests/s, TTFT and TPOT p50/p99, mean KV
 use (step-weighted, over its replicas) and busy fraction (the share of the run's duration
-its replicas spent in steps, averaged over its replicas).
+its replicas spent in steps, averaged over its replicas; for a pipeline replica, whose
+micro-batches overlap, its stages' work, transfers included, over pp times the duration).
 
 Ignores: idle-capacity pricing subtleties (reserved vs on-demand, partial hours), power.
 """
@@ -47,7 +48,12 @@ def cluster_summary(requests: pd.DataFrame, iterations: pd.DataFrame, pools: lis
         done = ok[ok["finish_s"] >= 0]
         m = np.isin(rep_it, reps)
         w = step[m]
-        busy = w.sum() / (duration * n * max(1, p.get("pp", 1))) if duration > 0 else 0.0
+        pp = p.get("pp", 1)
+        if pp > 1 and "gemm_s" in iterations:  # micro-batches overlap: the stages' work over pp
+            work = sum(iterations[c].to_numpy()[m].sum() for c in ("gemm_s", "attn_s", "other_s", "comm_s"))
+        else:
+            work = w.sum()
+        busy = work / (duration * n * pp) if duration > 0 else 0.0
         per_pool[p["name"]] = {
             "num_replicas": n, "gpus": p["gpus"], "hardware": p["hardware"], "tp": p["tp"], "pp": p["pp"],
             "num_requests": int(len(rq)), "num_completed": int(len(done)),
