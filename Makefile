@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_core.py --repeat 3
+	$(PY) bench/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
