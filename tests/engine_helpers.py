@@ -54,7 +54,7 @@ def drive(requests, *, num_blocks=64, block_size=16, max_num_seqs=8, max_num_bat
 def assert_drained(rec, sched, out, num_blocks: int) -> None:
     """After a run: every request recorded, finished (in full, times in order) or rejected;
     every block free; no request left running or waiting."""
-    assert len(rec.requests) == len(out)
+    assert rec.num_requests == len(out)
     for r in out:
         assert r.state in (FINISHED, REJECTED)
         if r.state == FINISHED:

@@ -1,5 +1,6 @@
 """Iteration records: stepped rows and fast-forwarded runs merge into one frame in
 (replica, start) order, stepped rows first on a tie, with exact values and dtypes."""
+import pytest
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings
@@ -67,3 +68,21 @@ def test_results_build_the_iteration_frame_on_first_access_and_summarize_alike()
     assert res._iterations is full and len(full) == lazy["num_iterations"] > 200
     assert res.summary() == lazy
     assert Results(res.config, res.requests, full, res.extra_itl_s, res.info).summary() == lazy
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_packed_rows_give_the_same_frames(monkeypatch, cluster):
+    """Rows packed into float64 blocks every PACK_ROWS rows rebuild the same frames (values
+    and dtypes) as rows kept as tuples."""
+    import sim
+    import sim.metrics.records as records
+    from tests.conftest import small_config
+    cfg = small_config(workload__num_requests=150)
+    if cluster:
+        cfg["cluster"] = {"router": {"name": "least_kv"}, "pools": [{"name": "a", "num_replicas": 3}]}
+    plain = sim.run(cfg)
+    monkeypatch.setattr(records, "PACK_ROWS", 7)
+    packed = sim.run(cfg)
+    pd.testing.assert_frame_equal(plain.requests, packed.requests, check_exact=True)
+    pd.testing.assert_frame_equal(plain.iterations, packed.iterations, check_exact=True)
+    assert plain.summary() == packed.summary()

@@ -38,8 +38,26 @@ _RUN_CONST = ("replica", "num_decode", "num_itl_tokens", "decode_context_sum", "
               "gemm_s", "other_s", "comm_s", "host_s")
 
 
+_REQ_INT = frozenset(("request_id", "replica", "prompt_tokens", "output_tokens", "num_preemptions", "client",
+                      "priority"))
+PACK_ROWS = 1 << 16  # rows kept as tuples before they are packed into a float64 block
+
+
 def _dtype(column: str):
     return _INT64 if column in _INT_COLUMNS else _FLOAT64
+
+
+def _pack(rows: list, blocks: list) -> None:
+    """Move ``rows`` (tuples of numbers) into a float64 block: 8 bytes a value instead of a
+    Python object each. Integers below 2**53 and bools are exact as float64."""
+    blocks.append(np.array(rows, dtype=_FLOAT64))
+    rows.clear()
+
+
+def _table(rows: list, blocks: list, width: int) -> np.ndarray:
+    """All rows, packed blocks first, as one [n, width] float64 array."""
+    parts = [*blocks, np.array(rows, dtype=_FLOAT64).reshape(-1, width)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _merge_positions(steps: dict, runs: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -62,13 +80,18 @@ def _merge_positions(steps: dict, runs: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Recorder:
-    """Collects rows as tuples (cheap) and builds DataFrames at the end."""
+    """Collects rows as tuples (cheap) and builds DataFrames at the end. Every ``PACK_ROWS``
+    rows of a kind are packed into a float64 block (a long run keeps about 8 bytes per
+    value, not a Python object); the frames are the same either way."""
 
     def __init__(self, kv_blocks_total: int | list[int] = 1):
         """``kv_blocks_total``: the KV blocks of the replica, or of each replica by index."""
         self.kv_blocks_total = kv_blocks_total
-        self.requests: list[tuple] = []
+        self.requests: list[tuple] = []  # the rows not packed yet (and below: their blocks)
         self.iterations: list[tuple] = []
+        self._request_blocks: list[np.ndarray] = []
+        self._iteration_blocks: list[np.ndarray] = []
+        self._run_blocks: list[np.ndarray] = []
         self.extra_itl_s: list[float] = []
         # fast-forwarded decode runs: the per-step columns as flat lists, the columns constant
         # within a run once per run (_RUN_CONST); prefill, preemption and swap columns are zero
@@ -83,6 +106,8 @@ class Recorder:
                               r.prompt_tokens, r.num_output if r.state != REJECTED else 0,
                               r.num_preemptions, r.state == REJECTED, r.client,
                               r.priority, r.preempted_s, r.swap_bytes))
+        if len(self.requests) >= PACK_ROWS:
+            _pack(self.requests, self._request_blocks)
         if r.extra_itl_s:
             self.extra_itl_s.extend(r.extra_itl_s)
         self.num_done += 1
@@ -98,6 +123,8 @@ class Recorder:
                                 kv_used_blocks, num_preempted, st.gemm_s, st.attn_s, st.other_s,
                                 st.comm_s, st.host_s, swap_bytes, swap_s,
                                 shape.num_decode if num_itl_tokens is None else num_itl_tokens, bubble_s))
+        if len(self.iterations) >= PACK_ROWS:
+            _pack(self.iterations, self._iteration_blocks)
 
     def decode_run(self, replica: int, starts: list[float], totals: list[float], attn: list[float],
                    fixed, n: int, context_sum: int, num_running: int, num_waiting: int,
@@ -111,13 +138,21 @@ class Recorder:
         c["kv_used_blocks"].fromlist(kv_used)
         self._runs.append((len(starts), replica, n, n, context_sum, num_running, num_waiting,
                            fixed.gemm_s, fixed.other_s, fixed.comm_s, fixed.host_s))
+        if len(self._runs) >= PACK_ROWS:
+            _pack(self._runs, self._run_blocks)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.requests) + sum(len(b) for b in self._request_blocks)
 
     def _run_columns(self, columns) -> dict[str, np.ndarray]:
         """The fast-forwarded rows of ``columns`` (and replica, start_s), column by column
         (constant columns repeated per run)."""
         runs = self._runs  # integers < 2**53: exact as float64
-        width = len(runs[0])
+        width = len(_RUN_CONST) + 1
         table = np.fromiter(chain.from_iterable(runs), dtype=_FLOAT64, count=len(runs) * width).reshape(-1, width)
+        if self._run_blocks:
+            table = np.concatenate([*self._run_blocks, table])
         k = table[:, 0].astype(_INT64)
         total = int(k.sum())
         want = set(columns) | {"replica", "start_s"}
@@ -137,7 +172,12 @@ class Recorder:
     def requests_frame(self, pool_of: list[str] | None = None) -> pd.DataFrame:
         """One row per request, by id; ``pool_of[i]``: the pool name of replica i (adds a
         categorical ``pool`` column after ``replica``)."""
-        df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
+        if self._request_blocks:  # packed: rebuild each column with the type from_records gives
+            t = _table(self.requests, self._request_blocks, len(REQUEST_COLUMNS))
+            df = pd.DataFrame({c: t[:, i].astype(bool if c == "rejected" else _INT64 if c in _REQ_INT else _FLOAT64)
+                               for i, c in enumerate(REQUEST_COLUMNS)})
+        else:
+            df = pd.DataFrame.from_records(self.requests, columns=REQUEST_COLUMNS)
         if pool_of is not None:
             names = list(dict.fromkeys(pool_of))
             codes = np.array([names.index(p) for p in pool_of], dtype=np.int64)
@@ -163,9 +203,13 @@ class Recorder:
         need = list(dict.fromkeys([*base, "replica", "start_s"]))
         idx = {c: i for i, c in enumerate(ITERATION_COLUMNS)}
         rows = self.iterations
-        step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
-        steps = {c: np.array(step_cols[idx[c]], dtype=_dtype(c)) for c in need}
-        if not self._runs:
+        if self._iteration_blocks:
+            t = _table(rows, self._iteration_blocks, len(ITERATION_COLUMNS))
+            steps = {c: t[:, idx[c]].astype(_dtype(c)) for c in need}
+        else:
+            step_cols = list(zip(*rows)) if rows else [()] * len(ITERATION_COLUMNS)
+            steps = {c: np.array(step_cols[idx[c]], dtype=_dtype(c)) for c in need}
+        if not self._runs and not self._run_blocks:
             data = steps
             if steps["replica"].any():  # several replicas: group them, each in time order
                 order = np.lexsort((steps["start_s"], steps["replica"]))
