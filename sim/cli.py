@@ -1,7 +1,7 @@
 """The ``servesim`` command line: thin wrappers over the library.
 
 Commands: ``run`` (one simulation), ``models`` and ``hardware`` (what ships), ``cost``
-(op-level predictions), ``trace`` (trace statistics), ``calibrate`` (fit profiles from
+(op- and step-level predictions), ``trace`` (trace statistics), ``calibrate`` (fit profiles from
 measurements). Every configuration problem is a one-line error and exit code 2.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sim.config import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="servesim: simulate LLM serving on GPUs you have not bought yet.")
-cost_app = typer.Typer(no_args_is_help=True, help="Predict the time of one GPU op (seconds).")
+cost_app = typer.Typer(no_args_is_help=True, help="Predict the time of one GPU op or engine step (seconds).")
 app.add_typer(cost_app, name="cost")
 
 
@@ -247,6 +247,115 @@ def cost_send_recv(hardware: str = _HW, bytes_: float = typer.Option(..., "--byt
                    json_: bool = _JS):
     """One NCCL send/recv of --bytes between two GPUs of one node."""
     _print_comm(hardware, "send_recv", bytes_, 2, json_)
+
+
+# -- one engine step (sim.cost.roofline / parallel, sim.engine.cuda_graphs) ---------------------
+def _engine_default(name: str):
+    from dataclasses import fields
+
+    from sim.config import EngineConfig
+    return next(f.default for f in fields(EngineConfig) if f.name == name)
+
+
+def _step_shape(prefill: str, decode_batch: Optional[int], decode_context: Optional[str]):
+    """(chunks, contexts, canonical decode text) from the options; one-line errors."""
+    from sim.cost.step_shape import parse_decode, parse_prefill
+
+    try:
+        chunks = parse_prefill(prefill)
+    except ValueError as e:
+        _fail(f"--prefill: {e}")
+    if decode_batch is not None and decode_batch < 1:
+        _fail(f"--decode-batch: expected an integer >= 1, got {decode_batch}")
+    ctx = (decode_context or "").strip()
+    if not ctx:
+        if decode_batch is not None:
+            _fail("--decode-batch needs --decode-context (the context of each sequence, e.g. 1024)")
+        decode = ""
+    elif ctx.isdigit():
+        if decode_batch is None:
+            _fail(f"--decode-context {ctx} needs --decode-batch, or write COUNT@CTX (e.g. 64@{ctx})")
+        decode = f"{decode_batch}@{ctx}"
+    else:
+        decode = ctx
+    try:
+        contexts = parse_decode(decode)
+    except ValueError as e:
+        _fail(f"--decode-context: {e}")
+    if decode_batch is not None and len(contexts) != decode_batch:
+        _fail(f"--decode-batch {decode_batch} disagrees with --decode-context {ctx} ({len(contexts)} sequences)")
+    if not chunks and not contexts:
+        _fail("empty step: give --prefill and/or --decode-batch with --decode-context")
+    return chunks, contexts, decode
+
+
+@cost_app.command("step")
+@_guard
+def cost_step(model: str = typer.Option(..., "--model", help="model name or HF config.json"),
+              hardware: str = _HW,
+              prefill: str = typer.Option("", "--prefill", help="prefill chunks NEW[+PRIOR]xCOUNT, comma-separated "
+                                          "(e.g. 2048x1,512x4 or 512+1536x1)"),
+              decode_batch: Optional[int] = typer.Option(None, "--decode-batch", help="decode sequences"),
+              decode_context: Optional[str] = typer.Option(
+                  None, "--decode-context", help="keys each decode sequence attends to, its new token included: "
+                  "CTX with --decode-batch, or COUNT@CTX / COUNT@LO:HI groups, comma-separated"),
+              sampled: Optional[int] = typer.Option(None, "--sampled", help="sampled tokens (default: one per "
+                                                    "prefill chunk and per decode sequence)"),
+              tp: int = typer.Option(1, "--tp", help="tensor-parallel GPUs"),
+              pp: int = typer.Option(1, "--pp", help="pipeline stages (time of one micro-batch through the pipe)"),
+              backend: Optional[str] = _BE,
+              cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="price as the engine does with CUDA "
+                                               "graphs: decode-only steps padded to a captured size, cheap launches"),
+              graph_launch_s: Optional[float] = typer.Option(
+                  None, "--graph-launch-s", help="per-kernel launch inside a graph (default: engine.cuda_graph_launch_s)"),
+              host_overhead_s: Optional[float] = typer.Option(
+                  None, "--host-overhead-s", help="CPU time per step (default: engine.host_overhead_s; 0 = GPU only)"),
+              json_: bool = _JS):
+    """Predicted time of one engine step, with its breakdown by op kind."""
+    from sim.cost.parallel import build_parallel_cost
+    from sim.cost.step_shape import batch_shape, format_prefill
+    from sim.engine.cuda_graphs import CudaGraphCost
+    from sim.hardware import load_hardware
+    from sim.model_spec import load_model
+    from sim.parallel import stage_layers, tp_problem
+
+    chunks, contexts, decode = _step_shape(prefill, decode_batch, decode_context)
+    if sampled is not None and not 0 <= sampled <= len(chunks) + len(contexts):
+        _fail(f"--sampled: expected 0 .. {len(chunks) + len(contexts)} (the step's chunks and decode sequences), "
+              f"got {sampled}")
+    host = _engine_default("host_overhead_s") if host_overhead_s is None else host_overhead_s
+    glaunch = _engine_default("cuda_graph_launch_s") if graph_launch_s is None else graph_launch_s
+    for name, v in (("--host-overhead-s", host), ("--graph-launch-s", glaunch)):
+        if not v >= 0:
+            _fail(f"{name}: expected seconds >= 0, got {v:g}")
+    spec, hw = load_model(model), load_hardware(hardware)
+    problem = tp_problem(spec, tp)
+    if problem:
+        _fail(f"--tp: {problem}")
+    try:
+        stage_layers(spec.num_layers, pp)
+    except ConfigError as e:
+        _fail(f"--pp: {e.message}")
+    cost = build_parallel_cost(spec, hw, tp, pp, host, backend)
+    shape = batch_shape(chunks, contexts, sampled)
+    padded = None
+    if cuda_graphs:
+        cost = CudaGraphCost(cost, _engine_default("cuda_graph_max_batch_size"), glaunch)
+        if contexts and not chunks:
+            padded = cost.padded(len(contexts))
+    st = cost.step_time(shape)
+    if not json_:
+        typer.echo(f"{st.total_s:.6e}")
+        return
+    typer.echo(json.dumps({
+        "time_s": st.total_s, "gemm_s": st.gemm_s, "attn_s": st.attn_s, "other_s": st.other_s,
+        "comm_s": st.comm_s, "host_s": st.host_s, "model": spec.name, "hardware": hw.name, "tp": tp, "pp": pp,
+        "backend": backend or hw.default_backend, "cuda_graphs": cuda_graphs,
+        "graph_launch_s": glaunch if cuda_graphs else None, "padded_decode_batch": padded,
+        "shape": {"prefill": format_prefill(chunks), "decode": decode, "num_prefill_chunks": len(chunks),
+                  "num_prefill_tokens": shape.num_prefill_tokens, "num_decode": shape.num_decode,
+                  "decode_context_sum": shape.decode_context_sum, "num_sampled": shape.num_sampled,
+                  "num_tokens": shape.num_tokens}}, indent=2))
 
 
 def _mount_optional() -> None:

@@ -1,6 +1,7 @@
 """CLI: output, files, and one-line errors instead of tracebacks."""
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -89,3 +90,70 @@ def test_models_hardware_and_cost():
                             "--heads", "32", "--kv-heads", "8", "--head-dim", "128"])
     assert r.exit_code == 0 and float(r.output) > 0
     check_error(["cost", "gemm", "--hardware", "nope", "--m", "1", "--n", "1", "--k", "1"], "unknown hardware")
+
+
+# -- servesim cost step ----------------------------------------------------------------------------
+def _step_json(*args):
+    r = runner.invoke(app, ["cost", "step", *args, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_cost_step_json_parts_and_library_price():
+    from sim.config import EngineConfig
+    from sim.cost.base import BatchShape
+    from sim.cost.roofline import RooflineCost
+    from sim.hardware import load_hardware
+    from sim.model_spec import load_model
+
+    d = _step_json("--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--prefill", "2048x1,512x4",
+                   "--decode-batch", "64", "--decode-context", "1024")
+    for k in ("time_s", "gemm_s", "attn_s", "other_s", "comm_s", "host_s"):
+        assert isinstance(d[k], float)
+    assert d["time_s"] == pytest.approx(d["gemm_s"] + d["attn_s"] + d["other_s"] + d["comm_s"] + d["host_s"])
+    assert d["host_s"] == EngineConfig().host_overhead_s and d["comm_s"] == 0.0
+    assert d["shape"] == {"prefill": "2048x1,512x4", "decode": "64@1024", "num_prefill_chunks": 5,
+                          "num_prefill_tokens": 4096, "num_decode": 64, "decode_context_sum": 65536,
+                          "num_sampled": 69, "num_tokens": 4160}
+    ref = RooflineCost(load_model("llama-3.1-8b"), load_hardware("h200_sxm"), EngineConfig().host_overhead_s)
+    shape = BatchShape([(2048, 0)] + [(512, 0)] * 4, 64, 65536, 69)
+    assert d["time_s"] == ref.step_time(shape).total_s
+    plain = runner.invoke(app, ["cost", "step", "--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--prefill",
+                                "2048x1,512x4", "--decode-context", "64@1024"])
+    assert plain.exit_code == 0 and float(plain.output) == pytest.approx(d["time_s"], rel=1e-6)
+
+
+def test_cost_step_tp_graphs_and_host():
+    one = _step_json("--model", "llama-3.1-8b", "--hardware", "h100_sxm", "--decode-context", "32@2048",
+                     "--host-overhead-s", "0")
+    tp2 = _step_json("--model", "llama-3.1-8b", "--hardware", "h100_sxm", "--decode-context", "32@2048",
+                     "--host-overhead-s", "0", "--tp", "2")
+    assert one["host_s"] == 0.0 and tp2["comm_s"] > 0 and tp2["tp"] == 2
+    assert 0.4 * one["gemm_s"] < tp2["gemm_s"] < 0.75 * one["gemm_s"]  # half the weights per GPU, launches stay
+    eager = _step_json("--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--decode-batch", "3",
+                       "--decode-context", "100")
+    graph = _step_json("--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--decode-batch", "3",
+                       "--decode-context", "100", "--cuda-graphs", "--graph-launch-s", "0")
+    padded = _step_json("--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--decode-batch", "4",
+                        "--decode-context", "100", "--graph-launch-s", "0")
+    assert graph["padded_decode_batch"] == 4 and graph["graph_launch_s"] == 0.0
+    assert graph["time_s"] < padded["time_s"] and graph["time_s"] < eager["time_s"] + 1e-3
+    mixed = _step_json("--model", "llama-3.1-8b", "--hardware", "h200_sxm", "--prefill", "16x1",
+                       "--decode-context", "2@64:128", "--cuda-graphs")
+    assert mixed["padded_decode_batch"] is None and mixed["shape"]["decode_context_sum"] == 192
+
+
+def test_cost_step_errors():
+    base = ["cost", "step", "--model", "llama-3.1-8b", "--hardware", "h200_sxm"]
+    check_error(base + ["--prefill", "2048y1"], "--prefill", "NEW[+PRIOR]xCOUNT")
+    check_error(base + ["--decode-context", "5@0"], "--decode-context", "COUNT@CTX")
+    check_error(base, "empty step")
+    check_error(base + ["--decode-context", "1024"], "needs --decode-batch")
+    check_error(base + ["--decode-batch", "8"], "needs --decode-context")
+    check_error(base + ["--decode-batch", "3", "--decode-context", "2@5"], "disagrees")
+    check_error(base + ["--prefill", "16x1", "--tp", "3"], "--tp", "32 attention heads")
+    check_error(base + ["--prefill", "16x1", "--pp", "40"], "--pp", "32 layers")
+    check_error(base + ["--prefill", "16x1", "--sampled", "2"], "--sampled")
+    check_error(base + ["--prefill", "16x1", "--host-overhead-s", "-1"], "--host-overhead-s")
+    check_error(base + ["--prefill", "16x1", "--backend", "nope"], "backend", "nope")
+    check_error(["cost", "step", "--model", "gpt-9", "--hardware", "h200_sxm", "--prefill", "16x1"], "unknown model")
