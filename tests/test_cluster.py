@@ -228,6 +228,8 @@ def test_pipeline_parallel_run_end_to_end():
     ({"parallelism": {"tp": 3}}, "parallelism.tp"),
     ({"parallelism": {"pp": 40}}, "parallelism.pp"),
     ({"cluster": {"pools": [{"name": "a", "parallelism": {"tp": 5}}]}}, "cluster.pools[0].parallelism.tp"),
+    ({"cluster": {"router": {"name": "nope"}, "pools": [{"name": "a"}]}}, "cluster.router"),
+    ({"model": "llama-3.1-70b", "parallelism": {"tp": 16}}, "parallelism.tp"),
 ])
 def test_bad_cluster_input_is_one_line_naming_the_key(over, key):
     with pytest.raises(ConfigError) as e:

@@ -30,7 +30,7 @@ from sim.engine.replica import Replica
 from sim.hardware import load_hardware
 from sim.metrics.records import Recorder
 from sim.model_spec import load_model
-from sim.parallel import ReplicaLayout, plan_replica
+from sim.parallel import ReplicaLayout, max_gpus_per_node, plan_replica
 
 
 class Clock:
@@ -148,6 +148,11 @@ def build_pools(cfg: SimConfig) -> list[Pool]:
         model = load_model(pc.model, cfg.base_dir)
         hw = load_hardware(pc.hardware, cfg.base_dir)
         par = pc.parallelism
+        node = max_gpus_per_node(hw)
+        if par.tp > node:
+            raise ConfigError(_key(cfg, i, "parallelism.tp"),
+                              f"tp={par.tp} exceeds the {node} GPUs one {hw.name} node holds "
+                              "(interconnect.max_gpus_per_node); tensor parallelism across nodes is not modelled")
         layout = plan_replica(model, hw, par.tp, par.pp, eng.block_size_tokens, eng.gpu_memory_utilization,
                               eng.max_num_batched_tokens, eng.max_num_seqs, eng.activation_reserve_bytes,
                               pool=pc.name if cfg.cluster is not None else None,
@@ -212,9 +217,12 @@ def build_cluster(cfg: SimConfig, env: simpy.Environment, pools: list[Pool], rec
             views.append(view)
             pool.replicas.append(rep)
     router = None
+    rc = cfg.cluster.router if cfg.cluster is not None else None
     if multi:
         from sim.cluster.routers import build_router
-        rc = cfg.cluster.router if cfg.cluster is not None else None
         name, params = (rc.name, rc.params) if rc is not None else ("round_robin", {})
         router = build_router(name, params, views, streams.stream("router"), cfg.base_dir, key="cluster.router")
+    elif rc is not None:  # one replica needs no router, but a wrong name is still an error
+        from sim.cluster.routers import router_class
+        router_class(rc.name, cfg.base_dir, key="cluster.router")
     return Cluster(env, pools, replicas, views, router, clock)
