@@ -29,8 +29,11 @@ its shape is 0 mod 4; the fit on the rest predicts it, giving median and p90 abs
 error; the shipped curve is then refitted on all points.  Many-sequence launches
 (attn_*_multi.csv, optional; calibrate.fit_multi): equal-length launches are fitted points
 (they extend the tables' rows), mixed ones are priced as the simulator prices them and never
-fitted; their held-out errors are reported apart from the grid's, and a prefill cost per query
-block (per_block_s) is fitted on the mixed launches when it lowers their error enough.
+fitted into the curve or tables; their held-out errors are reported apart from the grid's.
+With many-sequence launches, attention curves get a cost per program of the kernel
+(per_block_s: per query head per 128-query block of prefill; per_seq_s: per sequence per KV
+head of decode) fitted with the roofline, and Triton decode a serial-chain floor
+(chain_s_per_token, chain_bytes_per_s) fitted on the mixed launches (sim.cost.ops.many_seq_s).
 
 Ignores: dtype-specific curves (the profile has one curve per op kind: GEMMs are fitted on
 bf16 rows; fp8 rows get a separate informational fit), clock drift within a run.
@@ -48,7 +51,7 @@ from calibrate.curve import _abs_pct, fit_curve  # noqa: F401  (fit_curve: publi
 from calibrate.measurements import (HOLDOUT_MOD, MULTI_KINDS, SHAPE_COLS, TARGETS, FitError, _date, _display_path,
                                     _provenance_summary, fold_multi, prepare, read_measurements, read_provenance,
                                     shape_key)
-from calibrate.model import _sig, build_tables, predict, predict_rows
+from calibrate.model import _sig, build_tables, chain_floor_s, predict, predict_rows, work_rows
 from sim.hardware import OP_KINDS, profile_from_dict
 from sim.config import read_yaml
 
@@ -70,34 +73,45 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
                mixed: pd.DataFrame | None = None) -> tuple[dict, dict, list]:
     """(shipped params, fit metadata, representative samples) for one (op, backend[, dtype]).
     ``g``: the fitted rows (single-sequence grid, and equal-length many-sequence launches);
-    ``mixed``: mixed-length launches, priced, not fitted (calibrate.fit_multi)."""
+    ``mixed``: mixed-length launches, priced, not fitted into the curve or tables (their
+    training part fits the decode chain floor: calibrate.fit_multi)."""
     cols = lambda d: (d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(),  # noqa: E731
                       float(d["bw"].iloc[0]), d["time_s"].to_numpy())
     hmask = g["heldout"].to_numpy(bool)
     train, held = g[~hmask], g[hmask]
     gsel = fit_multi.sets(held) == "grid"
-    mixed = mixed if mixed is not None and len(mixed) else None
-    term = fit_multi.TERMS.get(kind) if mixed is not None else None
-    sim_term = term is not None and fit_multi.sim_accepts(kind, term)
+    mixed = mixed if mixed is not None and len(mixed) else g.iloc[:0]
+    term = fit_multi.TERMS[kind] if fit_multi.term_applies(kind, g) else None
+    chain = fit_multi.chain_applies(kind, backend) and len(mixed) >= fit_multi.MIN_CHAIN_LAUNCHES
     meta: dict[str, Any] = {"points": int(len(g)), "held_out_points": int(np.sum(gsel))}
     facts = _kernel_facts(kind, backend)
-    def curve_fn(d):
-        return dict(fit_curve(*cols(d), prior, launch_s), **facts)
-    if len(held) and len(train) >= 6:
-        v_tr = 0.0
-        m_held = mixed[mixed["heldout"].to_numpy(bool)] if mixed is not None else g.iloc[:0]
-        m_train = mixed[~mixed["heldout"].to_numpy(bool)] if mixed is not None else g.iloc[:0]
-        if term and sim_term and len(m_train) >= 3:  # the term only where the shipped profile carries it
-            tf = fit_multi.fit_term(kind, backend, curve_fn, train, m_train)
-            v_tr, p_tr = tf["value"], tf["curve"]
+
+    def model_fn(d: pd.DataFrame, m: pd.DataFrame, with_term: bool = True):
+        """Curve (with the per-program term), tables and the chain floor fitted on ``d`` (+ ``m``)."""
+        feat = d["programs_"].to_numpy(float) if term and with_term else None
+        if feat is not None and kind == "attn_prefill":  # work in whole 128-query blocks
+            c = cols(d)
+            p = fit_curve(d["blk_off_"].to_numpy(float), *c[1:], prior, launch_s, feat=feat,
+                          diag=d["blk_diag_"].to_numpy(float))
         else:
-            p_tr = curve_fn(train)
-        tabs_tr = build_tables(kind, backend, fit_multi.less_term(train, v_tr, fit_multi.term_feature(kind, train))
-                               if v_tr else train, p_tr)
-        f, b, pk, bw, t = cols(held)
-        curve = predict(p_tr, f, b, pk, bw) + (v_tr * fit_multi.term_feature(kind, held) if v_tr else 0.0)
-        pred_held = fit_multi.price(kind, backend, p_tr, train, held, v_tr, tabs_tr)
-        pred_mixed = fit_multi.price(kind, backend, p_tr, train, m_held, v_tr, tabs_tr)
+            p = fit_curve(*cols(d), prior, launch_s, feat=feat)
+        p = dict(p, **facts)
+        tabs = build_tables(kind, backend, d, p)
+        ch = None
+        if chain and len(m) >= fit_multi.MIN_CHAIN_LAUNCHES:
+            ch = fit_multi.fit_chain(kind, p, tabs, m)
+            if ch["adopted"]:
+                p.update({k: ch[k] for k in fit_multi.CHAIN_KEYS})
+        return p, tabs, ch
+
+    m_held = mixed[mixed["heldout"].to_numpy(bool)]
+    m_train = mixed[~mixed["heldout"].to_numpy(bool)]
+    if len(held) and len(train) >= 6:
+        p_tr, tabs_tr, _ = model_fn(train, m_train)
+        t = held["time_s"].to_numpy(float)
+        curve = _curve_s(kind, p_tr, held)
+        pred_held = predict_rows(kind, p_tr, tabs_tr, held)
+        pred_mixed = predict_rows(kind, p_tr, tabs_tr, m_held)
         if collect is not None:
             both = pd.concat([held, m_held], ignore_index=True)
             collect.append(pd.DataFrame({"kind": kind, "backend": backend, "dtype": both["dtype"].to_numpy(),
@@ -105,7 +119,7 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
                                          "set": np.concatenate([fit_multi.sets(held), fit_multi.sets(m_held)]),
                                          "time_s": both["time_s"].to_numpy(),
                                          "predicted_s": np.concatenate([pred_held, pred_mixed]),
-                                         "curve_only_s": np.concatenate([curve, _curve_s(kind, p_tr, m_held, v_tr)]),
+                                         "curve_only_s": np.concatenate([curve, _curve_s(kind, p_tr, m_held)]),
                                          "ideal_ns": both["ideal_ns"].to_numpy()}))
         if gsel.any():
             err, err_curve = _abs_pct(pred_held[gsel], t[gsel]), _abs_pct(curve[gsel], t[gsel])
@@ -117,33 +131,40 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
             meta["curve_only_heldout_median_abs_pct_err"] = round(float(np.median(err_curve)), 2)
             meta["curve_only_heldout_p90_abs_pct_err"] = round(float(np.percentile(err_curve, 90)), 2)
         # many-sequence launches, reported apart from the single-sequence grid
-        meta.update(fit_multi.errors("many_seq_heldout", np.concatenate([pred_held[~gsel], pred_mixed]),
-                                     np.concatenate([t[~gsel], m_held["time_s"].to_numpy(float)])))
+        t_many = np.concatenate([t[~gsel], m_held["time_s"].to_numpy(float)])
+        meta.update(fit_multi.errors("many_seq_heldout", np.concatenate([pred_held[~gsel], pred_mixed]), t_many))
         meta.update(fit_multi.errors("many_seq_equal_heldout", pred_held[~gsel], t[~gsel]))
         meta.update(fit_multi.errors("many_seq_mixed_heldout", pred_mixed, m_held["time_s"].to_numpy(float)))
         if fit_multi.meets(meta, "many_seq_heldout") is not None:
             meta["many_seq_meets_targets"] = fit_multi.meets(meta, "many_seq_heldout")
+        if term and len(t_many):  # the same held-out launches priced by a fit without the term
+            p_nt, tabs_nt, _ = model_fn(train, m_train, with_term=False)
+            pred_nt = np.concatenate([predict_rows(kind, p_nt, tabs_nt, held[~gsel]),
+                                      predict_rows(kind, p_nt, tabs_nt, m_held)])
+            meta["_without_term"] = fit_multi.errors("many_seq_heldout", pred_nt, t_many)
     else:
         meta["heldout_note"] = "too few points for a held-out split"
-    v, p = 0.0, None
-    if term and len(mixed) >= 3:
-        tf = fit_multi.fit_term(kind, backend, curve_fn, g, mixed)
-        curve_v = tf.pop("curve")
-        meta[f"{term}_fit"] = dict(tf, priced_by_simulator=sim_term, note=(
-            "fitted on the mixed launches; shipped" if tf["adopted"] and sim_term else
-            "not adopted (lowers the mixed launches' median error too little)" if not tf["adopted"] else
-            f"adopted but NOT shipped: sim.hardware does not accept {term} yet (errors above are without it)"))
-        if tf["adopted"] and sim_term:
-            p = curve_v
-            v = p[term] = tf["value"]
-    p = p or curve_fn(g)
-    p["shape_tables"] = build_tables(kind, backend, fit_multi.less_term(g, v, fit_multi.term_feature(kind, g))
-                                     if v else g, p)
+    p, tabs, ch = model_fn(g, mixed)
+    p["shape_tables"] = tabs
+    if term:
+        wo = meta.pop("_without_term", {})
+        meta[f"{term}_fit"] = {
+            "fitted_value": p.get("per_program_s", 0.0), "adopted": True,
+            "median_without": wo.get("many_seq_heldout_median_abs_pct_err"),
+            "median_with": meta.get("many_seq_heldout_median_abs_pct_err"),
+            "p90_without": wo.get("many_seq_heldout_p90_abs_pct_err"),
+            "p90_with": meta.get("many_seq_heldout_p90_abs_pct_err"),
+            "note": "fitted with the roofline on the grid and the equal launches; shipped (errors: held-out "
+                    "many-sequence launches, fit without / with the per-program term"
+                    + (" and whole-block work, block_diag_frac" if kind == "attn_prefill" else "") + ")"}
+    if ch is not None:
+        meta["chain_fit"] = dict(ch, note=("fitted on the mixed launches; shipped" if ch["adopted"] else
+                                           "not adopted (lowers the mixed launches' median error too little)"))
     st = p.pop("_stats")
-    allerr = _abs_pct(fit_multi.price(kind, backend, p, g, g, v, p["shape_tables"]), g["time_s"].to_numpy())
+    allerr = _abs_pct(predict_rows(kind, p, tabs, g), g["time_s"].to_numpy())
     st["median_abs_pct_err"], st["p90_abs_pct_err"] = float(np.median(allerr)), float(np.percentile(allerr, 90))
-    if mixed is not None:
-        pm = fit_multi.price(kind, backend, p, g, mixed, v, p["shape_tables"])
+    if len(mixed):
+        pm = predict_rows(kind, p, tabs, mixed)
         meta.update(fit_multi.errors("many_seq_mixed_all_points", pm, mixed["time_s"].to_numpy(float)))
         trend = fit_multi.imbalance_trend(mixed, pm) if kind == "attn_decode" else None
         if trend is not None:
@@ -164,7 +185,7 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     srt = g.sort_values(["ideal_ns"] + SHAPE_COLS[kind], kind="mergesort").reset_index(drop=True)
     idx = sorted({int(round(q * (len(srt) - 1))) for q in (0.0, 0.25, 0.5, 0.75, 1.0)})
     samples = []
-    pr_s = fit_multi.price(kind, backend, p, g, srt.iloc[idx], v, p["shape_tables"])
+    pr_s = predict_rows(kind, p, tabs, srt.iloc[idx])
     for j, i in enumerate(idx):
         r = srt.iloc[i]
         pr = float(pr_s[j])
@@ -177,12 +198,16 @@ def _fit_group(kind: str, g: pd.DataFrame, prior: Mapping, launch_s: float | Non
     return p, meta, samples
 
 
-def _curve_s(kind: str, p: Mapping, d: pd.DataFrame, v: float) -> np.ndarray:
-    """The curve alone (plus the many-sequence term v) for rows ``d``."""
+def _curve_s(kind: str, p: Mapping, d: pd.DataFrame) -> np.ndarray:
+    """The curve alone (with the per-program term and the chain floor: what a family without a
+    table gets) for rows ``d``."""
     if not len(d):
         return np.zeros(0)
-    t = predict(p, d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(), float(d["bw"].iloc[0]))
-    return t + v * fit_multi.term_feature(kind, d) if v else t
+    d = work_rows(p, d)
+    t = predict(p, d["flops_"].to_numpy(), d["bytes_"].to_numpy(), d["peak"].to_numpy(), float(d["bw"].iloc[0]),
+                feat=d["programs_"].to_numpy(float))
+    fl = chain_floor_s(p, d)
+    return t if fl is None else np.maximum(t, fl)
 
 
 def _kernel_facts(kind: str, backend: str) -> dict:
@@ -193,9 +218,13 @@ def _kernel_facts(kind: str, backend: str) -> dict:
     return {}
 
 
-def _curve_yaml(p: Mapping, meta: Mapping) -> dict:
+def _curve_yaml(kind: str, p: Mapping, meta: Mapping) -> dict:
     d = {k: p[k] for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s")}
-    d.update({k: p[k] for k in fit_multi.TERMS.values() if k in p})  # a fitted many-sequence term
+    if p.get("per_program_s") and kind in fit_multi.TERMS:  # the fitted many-sequence terms
+        d[fit_multi.TERMS[kind]] = p["per_program_s"]
+    if p.get("block_diag_frac") is not None:
+        d["block_diag_frac"] = p["block_diag_frac"]
+    d.update({k: p[k] for k in fit_multi.CHAIN_KEYS if p.get(k)})
     if p.get("gemm_tiles"):
         d["gemm_tiles"] = p["gemm_tiles"]
     if p["corr_log2_x"]:
@@ -252,9 +281,10 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
                 p, meta, smp = _fit_group(kind, prim, prior, launch_s, be, heldout, mixed)
                 if kind == "gemm":
                     meta["dtype"] = PRIMARY_DTYPE
-                backends_out.setdefault(be, {})[kind] = _curve_yaml(p, meta)
+                backends_out.setdefault(be, {})[kind] = _curve_yaml(kind, p, meta)
                 errors.setdefault(be, {})[kind] = {k: v for k, v in meta.items() if "err" in k or "points" in k}
-                for k in [f"{t}_fit" for t in fit_multi.TERMS.values()] + ["many_seq_mixed_imbalance_trend"]:
+                for k in ([f"{t}_fit" for t in fit_multi.TERMS.values()]
+                          + ["chain_fit", "many_seq_mixed_imbalance_trend"]):
                     if meta.get(k) is not None:
                         terms.setdefault(be, {}).setdefault(kind, {})[k] = meta[k]
                 samples.setdefault(be, {})[kind] = smp
@@ -284,7 +314,7 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
                             "heldout_p90_abs_pct_err": round(float(np.percentile(eh, 90)), 2) if len(he) else None,
                             "shipped_curve_only_median_abs_pct_err": round(float(np.median(e)), 2),
                             "shipped_curve_only_p90_abs_pct_err": round(float(np.percentile(e, 90)), 2),
-                            "own_curve": _curve_yaml(q, m2)}
+                            "own_curve": _curve_yaml(kind, q, m2)}
     if not backends_out:
         raise FitError(f"{data_dir}: no op has enough rows to fit (need >= 4 per op and backend)")
     # ops or backends without data keep the base profile's curve, marked as such
@@ -324,7 +354,9 @@ def fit_profile(data_dir: str | Path, base_profile_yaml: str | Path, heldout: li
                   "tables have a row per batch (sequences in the varlen launch) along max(ideal_ns, "
                   "serial-chain ideal_ns) and, for triton, take the chain as a third roof; triton GEMM "
                   "tables charge the compute roof in whole waves of the kernel's tiles (gemm_tiles; "
-                  "sim.cost.ops.affine_roofline_s)"),
+                  "sim.cost.ops.affine_roofline_s); attention fitted on many-sequence launches adds a cost per "
+                  "program (per_block_s, per_seq_s), prefill work in whole 128-query blocks (block_diag_frac) and "
+                  "a decode serial-chain floor (chain_s_per_token, chain_bytes_per_s; sim.cost.ops.many_seq_s)"),
         "heldout_protocol": (f"held out: grid-marked shapes (GEMM M in {grids.GEMM_M_HELDOUT}, prefill "
                              f"(2,3000,3000) and (1,1000,6000), decode (batch,context) in {grids.DECODE_HELDOUT}) "
                              f"plus sha1(shape) % {HOLDOUT_MOD} == 0; fit on the rest, predict held out; "

@@ -1,57 +1,61 @@
-"""Many-sequence launches in the fit (calibrate/fit.py): held-out errors by set, the
-simulator's pricing of mixed launches, and the one cost term mixed launches identify that the
-shape tables cannot express.
+"""Many-sequence launches in the fit (calibrate/fit.py): held-out errors by set, and the cost
+terms of attention that launches of many short sequences identify (sim.cost.ops.many_seq_s).
 
 Sets (column ``src`` of a frame folded by calibrate.measurements.fold_multi): ``grid`` (the
 single-sequence grids), ``many_equal`` (launches of 16-256 equal prompts, decode batches to
 2048 and contexts down to 16: fitted, they extend the tables' rows) and ``many_mixed``
 (launches of mixed lengths: never fitted into a table, priced as the simulator prices them,
-from the number of sequences, the summed work and the longest chain for prefill, the number of
-requests and the summed context for decode).  Held-out errors are reported per set, so the
-single-sequence grid's figures stay comparable with earlier fits.
+from every chunk's length for prefill, from the number of requests, the summed context and
+the longest context for decode).  Held-out errors are reported per set, so the single-sequence
+grid's figures stay comparable with earlier fits.
 
-The term (prefill): ``per_block_s``, seconds per query head per 128-query block of a launch,
-added to the price of every prefill launch (the curve's, or its family's table's):
+The terms, each with its physical reason (measured values: docs/calibration.md):
 
-    t = curve or table price + per_block_s * heads * sum over sequences of ceil(new / 128)
+- ``per_block_s`` (prefill) and ``per_seq_s`` (decode): the fixed cost of one program of a
+  flash-style kernel, whatever its work (load the query tile and the block table, set up the
+  softmax state, walk at least one K/V tile, write the output).  A varlen prefill kernel runs one
+  program per query head per 128-query block of every sequence, so 256 prompts of 16 tokens
+  run 8,192 programs of mostly empty tiles (H200, Triton: ~35 ns each, flat from 16 to 64
+  tokens); a paged decode kernel runs one per sequence per KV head (H200: ~12 ns at contexts
+  of 16).  Added to the curve's or table's price: t = price + per_program_s x programs.  Fitted
+  jointly with the roofline (calibrate.curve, stage 1) on the grid and the equal launches,
+  only when the data have many-sequence equal launches (a grid alone does not separate it from
+  the curve's fixed work); the tables are built on measured - term.
+- ``chain_s_per_token`` and ``chain_bytes_per_s`` (decode, backends whose split plan is known:
+  sim.cost.ops.CHAIN_ROOF_BACKENDS): one program walks its context split serially, and the
+  kernel sizes the splits for the longest context, so a few long contexts among many short
+  ones leave one program per long sequence and KV head running long after the rest (H200,
+  Triton, 4 of 4,000 among 60 of 200: 149 us measured, 36 us at the mean context).  The launch
+  takes at least launch_s + tokens x (chain_s_per_token + K/V bytes per token /
+  chain_bytes_per_s): a token's latency plus its bytes at one program's streaming rate.  Equal
+  launches do not identify it (their chain is far below their throughput time); it is fitted on
+  the mixed launches (least squares on log time, soft_l1) with the curve and tables fixed, and
+  kept only if it lowers their mean absolute error (it binds on the launches with a long
+  outlier only, so the median can hide it) by ADOPT_MIN_GAIN_PCT points and ADOPT_MIN_GAIN_FRAC.
 
-A prefill table row holds one number of sequences (or, with prior context, of query blocks), so
-at one row and one size it cannot tell 64 prompts of 512 tokens (256 blocks) from 16 of 1,024
-and 48 of 16 (176 blocks): the programs a launch runs, each with a fixed cost, is what it
-misses. The curve and the tables are then fitted on measured - term (fitted on times that
-include a large per-program cost, the curve's fractions drift far from the kernel's and the
-tables' ratios vary steeply along a row). The value is fitted on the mixed launches (equal
-launches cannot identify it: their tables absorb it) and kept only if it lowers their median
-error by ADOPT_MIN_GAIN_PCT points and ADOPT_MIN_GAIN_FRAC; it is shipped in the profile only
-if sim.hardware accepts the key (``sim_accepts``), else reported as
-proposed with the errors it would give.
+``imbalance_trend`` measures what remains: the residual of mixed decode launches against
+log2 of max / mean context.
 
-No decode term: a decode table has a row per number of requests along the mean context, so
-any cost that depends only on the number of requests and the summed context (what the
-simulator sees; e.g. a cost per sequence) is already in the table, and a mixed launch differs
-from an equal one only by how its context is spread.  ``imbalance_trend`` measures that
-(residual against log2 of max / mean context), for the lead to judge whether the simulator
-needs the longest context of a decode batch.
-
-Ignores: a term's dependence on the head configuration beyond the head count.
+Ignores: the terms' dependence on the head configuration beyond the head count and head_dim.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import least_squares
 
 from calibrate.curve import F_SCALE, _abs_pct
-from calibrate.measurements import TARGETS, make_op
-from calibrate.model import _sig, build_tables, predict_rows
-from sim.config import ConfigError
-from sim.cost.ops import PREFILL_BLOCK_M
+from calibrate.measurements import MANY_SEQ_TARGETS
+from calibrate.model import _sig, chain_floor_s, predict_rows
+from sim.cost.ops import CHAIN_ROOF_BACKENDS
 
-TERMS = {"attn_prefill": "per_block_s"}
+TERMS = {"attn_prefill": "per_block_s", "attn_decode": "per_seq_s"}
+CHAIN_KEYS = ("chain_s_per_token", "chain_bytes_per_s")
 ADOPT_MIN_GAIN_PCT = 1.0
 ADOPT_MIN_GAIN_FRAC = 0.2
+MIN_CHAIN_LAUNCHES = 4
 
 
 def sets(g: pd.DataFrame) -> np.ndarray:
@@ -61,68 +65,51 @@ def sets(g: pd.DataFrame) -> np.ndarray:
     return g["src"].fillna("grid").astype(str).to_numpy(dtype=object)
 
 
-def term_feature(kind: str, g: pd.DataFrame) -> np.ndarray:
-    """Per row, the unit of the kind's term: query heads x 128-query blocks (prefill)."""
-    out = np.zeros(len(g))
-    for i, r in enumerate(g.to_dict("records")):
-        op = make_op(kind, r)
-        qb = getattr(op, "query_blocks", None)
-        blocks = qb() if qb is not None else op.batch * -(-op.seq_q // PREFILL_BLOCK_M)
-        out[i] = op.heads * blocks
-    return out
+def term_applies(kind: str, g: pd.DataFrame) -> bool:
+    """Whether the fit of ``g`` (one op and backend) includes the kind's per-program term: an
+    attention kind whose rows include many-sequence equal launches."""
+    return kind in TERMS and bool(np.any(sets(g) == "many_equal"))
 
 
-def less_term(g: pd.DataFrame, v: float, feat: np.ndarray) -> pd.DataFrame:
-    """``g`` with the term taken off its times (what the tables are built on)."""
-    return g if not v else g.assign(time_s=g["time_s"].to_numpy(float) - v * feat)
+def chain_applies(kind: str, backend: str) -> bool:
+    """Whether the decode chain floor is fitted for this op and backend (split plan known)."""
+    return kind == "attn_decode" and backend in CHAIN_ROOF_BACKENDS
 
 
-def price(kind: str, backend: str, p: Mapping, rows: pd.DataFrame, target: pd.DataFrame, v: float = 0.0,
-          tables: list | None = None) -> np.ndarray:
-    """The profile's price of ``target`` rows, with tables built on ``rows`` (less the term v)."""
-    if not len(target):
-        return np.zeros(0)
-    if tables is None:
-        tables = build_tables(kind, backend, less_term(rows, v, term_feature(kind, rows) if v else None), p)
-    pr = predict_rows(kind, p, tables, target)
-    return pr + v * term_feature(kind, target) if v else pr
-
-
-def fit_term(kind: str, backend: str, curve_fn: Callable[[pd.DataFrame], dict], rows: pd.DataFrame,
-             mixed: pd.DataFrame) -> dict:
-    """Fit the kind's term (TERMS) on the ``mixed`` rows: for each value v, the curve
-    (``curve_fn``) and the tables are fitted on ``rows`` less v x feature, and the mixed rows are
-    priced with them plus v x feature.  {'value' (0 unless adopted), 'fitted_value', 'adopted',
-    'median_without', 'median_with', 'curve': the curve at 'value'}."""
+def fit_chain(kind: str, p: Mapping, tables: list, mixed: pd.DataFrame) -> dict:
+    """Fit the decode chain floor on the ``mixed`` rows, the curve ``p`` and ``tables`` fixed:
+    {'chain_s_per_token', 'chain_bytes_per_s' (0 unless adopted), 'fitted_*', 'adopted', the
+    mixed launches' mean, median and p90 absolute % error without and with it, 'launches'}."""
     meas = mixed["time_s"].to_numpy(float)
-    fr, fm = term_feature(kind, rows), term_feature(kind, mixed)
-    v_max = 0.95 * float(np.min(rows["time_s"].to_numpy(float) / np.maximum(fr, 1.0)))  # tables need t - v f > 0
-    memo: dict[float, tuple[dict, np.ndarray]] = {}
+    base = predict_rows(kind, {k: v for k, v in p.items() if k not in CHAIN_KEYS}, tables, mixed)
+    tok, btok = mixed["chain_tok_"].to_numpy(float), mixed["chain_btok_"].to_numpy(float)
 
-    def at(v: float):
-        if v not in memo:
-            less = less_term(rows, v, fr)
-            p = curve_fn(less)
-            memo[v] = p, predict_rows(kind, p, build_tables(kind, backend, less, p), mixed) + v * fm
-        return memo[v]
+    def floor(x):  # x = [ns per token, ns per KiB per token] (linear, both >= 0)
+        return p["launch_s"] + tok * (x[0] * 1e-9 + btok / 1024.0 * x[1] * 1e-9)
 
-    def loss(lv: float) -> float:
-        r = np.log(at(float(np.exp(lv)))[1] / meas) / F_SCALE
-        return float(np.mean(2.0 * (np.sqrt(1.0 + r * r) - 1.0)))
-
-    grid = np.linspace(np.log(v_max * 1e-3), np.log(v_max), 11)
-    losses = [loss(x) for x in grid]
-    j = int(np.argmin(losses))
-    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-    best = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 0.01})
-    lv = best.x if best.fun < losses[j] else grid[j]
-    v = float(np.exp(lv))
-    med0 = float(np.median(_abs_pct(at(0.0)[1], meas)))
-    med1 = float(np.median(_abs_pct(at(v)[1], meas)))
-    adopted = med0 - med1 >= ADOPT_MIN_GAIN_PCT and med1 <= (1 - ADOPT_MIN_GAIN_FRAC) * med0
-    value = _sig(v, 4) if adopted else 0.0
-    return {"value": value, "fitted_value": _sig(v, 4), "adopted": bool(adopted), "median_without": round(med0, 2),
-            "median_with": round(med1, 2), "curve": at(value)[0] if value else at(0.0)[0]}
+    def resid(x):
+        return np.log(np.maximum(base, floor(x)) / meas)
+    best = None
+    for x0 in ((30.0, 1.0), (5.0, 20.0), (1.0, 1.0)):
+        r = least_squares(resid, np.array(x0), bounds=([0.0, 0.0], [1e4, 1e4]), loss="soft_l1", f_scale=F_SCALE)
+        if best is None or r.cost < best.cost - 1e-12:
+            best = r
+    tau, rho = float(best.x[0]) * 1e-9, float(best.x[1]) * 1e-9 / 1024.0
+    fitted = {"chain_s_per_token": _sig(tau, 4), "chain_bytes_per_s": _sig(1.0 / rho, 4) if rho > 0 else 0.0}
+    q = dict(p, **fitted)
+    fl = chain_floor_s(q, mixed)
+    e0 = _abs_pct(base, meas)
+    e1 = _abs_pct(base if fl is None else np.maximum(base, fl), meas)
+    # the floor binds on the launches with a long outlier only, so it is judged by the mean error
+    mean0, mean1 = float(np.mean(e0)), float(np.mean(e1))
+    adopted = mean0 - mean1 >= ADOPT_MIN_GAIN_PCT and mean1 <= (1 - ADOPT_MIN_GAIN_FRAC) * mean0
+    out = {k: (v if adopted else 0.0) for k, v in fitted.items()}
+    out.update({f"fitted_{k}": v for k, v in fitted.items()})
+    out.update(adopted=bool(adopted), mean_without=round(mean0, 2), mean_with=round(mean1, 2),
+               median_without=round(float(np.median(e0)), 2), median_with=round(float(np.median(e1)), 2),
+               p90_without=round(float(np.percentile(e0, 90)), 2), p90_with=round(float(np.percentile(e1, 90)), 2),
+               launches=int(len(mixed)))
+    return out
 
 
 def errors(prefix: str, pred: np.ndarray, meas: np.ndarray) -> dict:
@@ -135,10 +122,11 @@ def errors(prefix: str, pred: np.ndarray, meas: np.ndarray) -> dict:
 
 
 def meets(meta: Mapping, prefix: str) -> bool | None:
+    """Whether the many-sequence errors under ``prefix`` meet MANY_SEQ_TARGETS (None: no points)."""
     med, p90 = meta.get(f"{prefix}_median_abs_pct_err"), meta.get(f"{prefix}_p90_abs_pct_err")
     if med is None:
         return None
-    return bool(med <= TARGETS["median_abs_pct_err"] and p90 <= TARGETS["p90_abs_pct_err"])
+    return bool(med <= MANY_SEQ_TARGETS["median_abs_pct_err"] and p90 <= MANY_SEQ_TARGETS["p90_abs_pct_err"])
 
 
 def imbalance_trend(mixed: pd.DataFrame, pred: np.ndarray) -> dict | None:
@@ -155,16 +143,3 @@ def imbalance_trend(mixed: pd.DataFrame, pred: np.ndarray) -> dict | None:
     b, a = np.polyfit(x, y, 1)
     r2 = 1.0 - float(np.sum((y - a - b * x) ** 2)) / max(float(np.sum((y - y.mean()) ** 2)), 1e-300)
     return {"pct_per_doubling": round(float(np.expm1(b) * 100), 2), "r2": round(r2, 3), "launches": int(len(x))}
-
-
-def sim_accepts(kind: str, key: str) -> bool:
-    """Whether sim.hardware parses ``key`` in a curve of ``kind`` (the simulator prices the term)."""
-    from sim.hardware import profile_from_dict
-    d = {"name": "probe", "display_name": "probe", "memory_bytes": 1, "memory_bandwidth_bytes_per_s": 1,
-         "peak_flops_per_s": {"bf16": 1}, "l2_bytes": 1, "num_sms": 1, "nvlink_bandwidth_bytes_per_s": 0,
-         "pcie_bandwidth_bytes_per_s": 1, "efficiency": {"backends": {"vendor": {kind: {key: 0.0}}}}}
-    try:
-        profile_from_dict(d, "<probe>")
-    except ConfigError:
-        return False
-    return True

@@ -1,6 +1,7 @@
 """The fitted model's predictions, vectorised over measurement rows: the affine-roofline curve
 and the shape tables (built from measured / base ratios, applied as sim.hardware.ShapeTable
-and sim.cost.ops.affine_roofline_s apply them).
+and sim.cost.ops.affine_roofline_s apply them), and the many-sequence terms of attention
+(the per-program cost and the decode chain floor, as sim.cost.ops.many_seq_s adds them).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def _sig(v: float, n: int = 6) -> float:
 
 
 
-def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True) -> np.ndarray:
+def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True, feat=None) -> np.ndarray:
     """Vectorised affine roofline (same arithmetic as sim.cost.ops.affine_roofline_s); with
-    ``corr=False`` the plain affine roofline plus launch, the base that shape tables scale."""
+    ``corr=False`` the plain affine roofline plus launch, the base that shape tables scale;
+    with ``feat`` (each row's programs) plus ``per_program_s`` x programs where ``p`` has it."""
     flops, byts, peak = np.asarray(flops, float), np.asarray(byts, float), np.asarray(peak, float)
     t_c = np.where(flops > 0, (flops + p["fixed_flops"]) / (peak * p["compute_frac"]), 0.0)
     t_m = (byts + p["fixed_bytes"]) / (bw * p["bandwidth_frac"])
@@ -33,18 +35,53 @@ def predict(p: Mapping, flops, byts, peak, bw, corr: bool = True) -> np.ndarray:
     if corr and xs is not None and len(xs):
         lx = np.log2(np.maximum(flops / peak, byts / bw) * 1e9)
         t = t * np.interp(lx, xs, p["corr_factor"])
-    return t + p["launch_s"]
+    t = t + p["launch_s"]
+    if feat is not None and p.get("per_program_s"):
+        t = t + p["per_program_s"] * np.asarray(feat, float)
+    return t
+
+
+def work_rows(p: Mapping, g: pd.DataFrame) -> pd.DataFrame:
+    """``g`` with the work the profile prices: where ``p`` has ``block_diag_frac`` (prefill in
+    whole 128-query blocks, sim.cost.ops.prefill_block_flops), flops_ = off-diagonal + frac x
+    diagonal block FLOPs and ideal_ns from them; else ``g`` itself."""
+    a = p.get("block_diag_frac")
+    if a is None or not len(g) or "blk_off_" not in g.columns:
+        return g
+    fl = g["blk_off_"].to_numpy(float) + a * g["blk_diag_"].to_numpy(float)
+    return g.assign(flops_=fl, ideal_ns=np.maximum(fl / g["peak"].to_numpy(float),
+                                                   g["bytes_"].to_numpy(float) / g["bw"].to_numpy(float)) * 1e9)
+
+
+def term_s(p: Mapping, g: pd.DataFrame) -> np.ndarray:
+    """Each row's per-program term (sim.cost.ops.many_seq_s): ``per_program_s`` x programs."""
+    v = p.get("per_program_s") or 0.0
+    return v * g["programs_"].to_numpy(float) if v and len(g) else np.zeros(len(g))
+
+
+def chain_floor_s(p: Mapping, g: pd.DataFrame) -> np.ndarray | None:
+    """Each decode row's serial-chain floor (sim.cost.ops.many_seq_s): launch + the longest
+    program's tokens x (chain_s_per_token + K/V bytes per token / chain_bytes_per_s); None
+    without chain parameters."""
+    tau, rate = p.get("chain_s_per_token") or 0.0, p.get("chain_bytes_per_s") or 0.0
+    if not (tau or rate) or not len(g) or "chain_tok_" not in g.columns:
+        return None
+    per_tok = tau + (g["chain_btok_"].to_numpy(float) / rate if rate else 0.0)
+    return p["launch_s"] + g["chain_tok_"].to_numpy(float) * per_tok
 
 
 def predict_rows(kind: str, p: Mapping, tables: list[dict], g: pd.DataFrame) -> np.ndarray:
     """Predictions for the rows ``g`` as sim.cost.ops.op_time makes them: a row whose shape
     family has a table gets its base (sim.hardware.TABLE_BASE) x table ratio; any other the curve."""
-    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0])) if len(g) else None
-    if args is None:
+    if not len(g):
         return np.zeros(0)
+    g = work_rows(p, g)
+    args = (g["flops_"], g["bytes_"], g["peak"], float(g["bw"].iloc[0]))
     tf = table_factors(kind, g, tables)
     base = _table_base(kind, p, g)
-    return np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0))
+    t = np.where(np.isnan(tf), predict(p, *args), base * np.nan_to_num(tf, nan=1.0)) + term_s(p, g)
+    floor = chain_floor_s(p, g)
+    return t if floor is None else np.maximum(t, floor)
 
 
 def chain_ns_rows(kind: str, g: pd.DataFrame) -> np.ndarray:
@@ -111,8 +148,11 @@ def build_tables(kind: str, backend: str, g: pd.DataFrame, p: Mapping) -> list[d
     """Shape tables (profile YAML form) of measured / curve ratios for the rows ``g``."""
     if len(g) == 0:
         return []
+    g = work_rows(p, g)
     keys, coords = _families(kind, g)
-    ratio = g["time_s"].to_numpy(float) / _table_base(kind, p, g)
+    # the per-program term is added to the table's price (sim.cost.ops.many_seq_s): the ratio is of the rest
+    t = g["time_s"].to_numpy(float)
+    ratio = np.maximum(t - term_s(p, g), 0.05 * t) / _table_base(kind, p, g)
     axes, names = TABLE_AXES[kind], TABLE_KEYS[kind]
     by_key: dict[tuple, list[int]] = {}
     for i, k in enumerate(keys):

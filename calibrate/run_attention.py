@@ -49,7 +49,9 @@ def _vendor_prefill(q4, k4, v4, sq, skv):
 
 
 def _varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
-    """FlashAttention-2 varlen forward on packed [tokens, heads, D] tensors (torch's build)."""
+    """FlashAttention-2 varlen forward on packed [tokens, heads, D] tensors (torch's build); the
+    call returns a tuple whose first element is the output (5 elements in torch 2.11-2.13:
+    output, logsumexp, rng state, unused, debug mask; only [0] is read)."""
     return lambda: torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False)
 
 
@@ -61,7 +63,9 @@ def varlen_check(skips: Skips) -> bool:
     from .kernels.gemm import rel_err
     worst = 0.0
     try:
-        for sq, sk, h, kvh, d in (([37, 300, 1], [37, 900, 1]), 8, 2, 128), (([1, 1, 1], [5, 700, 64]), 14, 2, 64):
+        # ((seqs_q, seqs_k), heads, kv_heads, head_dim): a 4-tuple per case (unpacking it into 5
+        # names was the "expected 5, got 4" of the first many-sequence run, not the op's outputs)
+        for (sq, sk), h, kvh, d in (([37, 300, 1], [37, 900, 1]), 8, 2, 128), (([1, 1, 1], [5, 700, 64]), 14, 2, 64):
             q, k, v, cu_q, cu_k = attn_prefill.make_inputs(sq, sk, h, kvh, d, DEV)
             out = _varlen(q, k, v, cu_q, cu_k, max(sq), max(sk), True)()[0]
             worst = max(worst, rel_err(out, attn_prefill.reference(q, k, v, sq, sk)))

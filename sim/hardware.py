@@ -14,7 +14,11 @@ attention head configuration, an elementwise op at one width) the ratio measured
 roofline + launch) at each measured size, interpolated in log-log space between measured
 sizes (never across a kernel's tile-class or wave break) and clamped beyond them; an op of a
 family with a table costs (max(...) + launch_s) x ratio (for a GEMM kernel with fixed tiles,
-``gemm_tiles``, the compute roof in whole waves of tiles), any other op the formula above. Uncalibrated profiles carry documented defaults (``efficiency.source``).
+``gemm_tiles``, the compute roof in whole waves of tiles), any other op the formula above.
+Attention curves fitted on launches of many sequences add their terms (``per_block_s``,
+``block_diag_frac``, ``per_seq_s``, ``chain_s_per_token``, ``chain_bytes_per_s``; priced by
+sim.cost.ops.many_seq_s, absent = no effect). Uncalibrated profiles carry documented defaults
+(``efficiency.source``).
 The node's GPU-to-GPU links and the on-demand price of a GPU-hour come from the profile's
 ``interconnect`` and ``price`` sections (parsed by sim.interconnect, priced by sim.cost.comm).
 
@@ -127,6 +131,18 @@ class OpEfficiency:
     # BLOCK_N), ...) by increasing M class, the last class unbounded (last M = inf); a shape
     # table's base then charges whole waves of tiles (sim.cost.ops.gemm_wave_flops)
     gemm_tiles: Mapping[str, tuple[tuple[float, int, int], ...]] = field(default_factory=dict)
+    # many-sequence terms (sim.cost.ops.many_seq_s; 0 = absent): the fixed cost of one program of
+    # a flash-style attention kernel, added to the curve's or table's price: per query head per
+    # 128-query block (attn_prefill), per sequence per KV head (attn_decode); and the serial chain
+    # of a decode launch's longest program, a floor on its price: seconds per token walked plus
+    # that token's K/V bytes at one program's rate (attn_decode)
+    per_block_s: float = 0.0
+    per_seq_s: float = 0.0
+    # prefill work in whole 128-query blocks (sim.cost.ops.prefill_block_flops): None = the causal
+    # pairs' FLOPs; a fraction = whole blocks, the diagonal band's tiles at that fraction
+    block_diag_frac: float | None = None
+    chain_s_per_token: float = 0.0
+    chain_bytes_per_s: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "_tables", {t.key: t for t in self.tables})
@@ -202,7 +218,11 @@ class HardwareProfile:
 _REQUIRED = ("name", "display_name", "memory_bytes", "memory_bandwidth_bytes_per_s", "peak_flops_per_s",
              "l2_bytes", "num_sms", "nvlink_bandwidth_bytes_per_s", "pcie_bandwidth_bytes_per_s")
 _EFF_KEYS = {"compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", "correction", "fit",
-             "shape_tables", "gemm_tiles"}
+             "shape_tables", "gemm_tiles", "per_block_s", "per_seq_s", "chain_s_per_token", "chain_bytes_per_s",
+             "block_diag_frac"}
+# the many-sequence terms and the one op kind each belongs to (sim.cost.ops.many_seq_s)
+TERM_KINDS = {"per_block_s": "attn_prefill", "block_diag_frac": "attn_prefill", "per_seq_s": "attn_decode",
+              "chain_s_per_token": "attn_decode", "chain_bytes_per_s": "attn_decode"}
 
 
 def _parse_tiles(d, key: str, src: str) -> dict[str, tuple[tuple[float, int, int], ...]]:
@@ -278,7 +298,10 @@ def _parse_eff(d: Mapping, key: str, src: str, op: str = "gemm") -> OpEfficiency
     if bad:
         raise ConfigError(f"{key}.{sorted(bad)[0]}", f"unknown key; expected one of {sorted(_EFF_KEYS)}", src)
     kw: dict[str, Any] = {}
-    for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s"):
+    for k, kind in TERM_KINDS.items():
+        if k in d and kind != op:
+            raise ConfigError(f"{key}.{k}", f"only an {kind} curve has {k}", src)
+    for k in ("compute_frac", "bandwidth_frac", "fixed_flops", "fixed_bytes", "launch_s", *TERM_KINDS):
         if k in d:
             v = d[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -287,6 +310,8 @@ def _parse_eff(d: Mapping, key: str, src: str, op: str = "gemm") -> OpEfficiency
     for k in ("compute_frac", "bandwidth_frac"):
         if k in kw and not 0 < kw[k] <= 1.5:
             raise ConfigError(f"{key}.{k}", f"expected a fraction in (0, 1.5], got {kw[k]}", src)
+    if kw.get("block_diag_frac", 0.0) > 1.0:
+        raise ConfigError(f"{key}.block_diag_frac", f"expected a fraction in [0, 1], got {kw['block_diag_frac']}", src)
     corr = d.get("correction")
     if corr:
         xs, ys = corr.get("log2_x", []), corr.get("factor", [])

@@ -1,7 +1,8 @@
 """Many-sequence calibration: the grids of calibrate.grids_multi (sizes, held-out marks, the
 length syntax), reading attn_*_multi.csv, the simulator's pricing of a mixed launch, the
-runner's time estimate, and the fit on synthetic data with a known per-block cost and a known
-decode imbalance effect (calibrate.fit_multi).
+runner's time estimate, and the fit on synthetic data made with known many-sequence terms
+(per-program costs, whole-block prefill work, the decode chain floor) or a known decode
+imbalance effect (calibrate.fit_multi).
 
 Synthetic measurements exist only inside tmp_path: generated from known OpEfficiency
 parameters through sim.cost.ops plus seeded multiplicative noise.  Nothing here is real data.
@@ -21,7 +22,7 @@ from calibrate import estimate, fit_multi, grids, grids_multi
 from calibrate.fit import fit_profile
 from calibrate.measurements import (FitError, MultiPrefill, fold_multi, is_heldout, make_op, read_measurements,
                                     shape_key)
-from sim.cost.ops import AttnDecode, AttnPrefill, affine_roofline_s, op_time, prefill_chain_flops
+from sim.cost.ops import AttnDecode, AttnPrefill, op_time, prefill_chain_flops
 from sim.hardware import OpEfficiency, load_hardware
 from tests.conftest import ROOT
 
@@ -252,55 +253,62 @@ def test_fold_keeps_integer_shapes_and_equal_launches_are_ordinary_rows(tmp_path
 # ------------------------------------------------------------------------------ synthetic fit
 TRUE = {"attn_prefill": dict(compute_frac=0.62, bandwidth_frac=0.7, fixed_flops=2e10, fixed_bytes=1e6, launch_s=5e-6),
         "attn_decode": dict(compute_frac=0.3, bandwidth_frac=0.72, fixed_bytes=3e6, launch_s=5e-6)}
-PER_BLOCK_S = 2.0e-8      # seconds per query head per 128-query block (the term to recover)
-IMBALANCE = 0.10          # mixed decode launches take (max / mean context) ** 0.10 longer
+# the many-sequence terms to recover (sim.cost.ops.many_seq_s)
+TERMS = {"attn_prefill": dict(per_block_s=2.0e-8, block_diag_frac=0.6),
+         "attn_decode": dict(per_seq_s=6.0e-9, chain_s_per_token=2.5e-8, chain_bytes_per_s=3.5e10)}
+NO_TERMS: dict = {"attn_prefill": {}, "attn_decode": {}}
+IMBALANCE = 0.10          # (vendor) mixed decode launches take (max / mean context) ** 0.10 longer
+CONFIGS = [grids.HEAD_CONFIGS[0], grids.HEAD_CONFIGS[3]]  # head_dim 128 and 64: the chain's two rates
 
 
-def write_multi_synthetic(out, per_block_s=PER_BLOCK_S, imbalance=IMBALANCE, seed=0, noise=0.01):
-    """attn_prefill(_multi).csv and attn_decode(_multi).csv for the first head configuration, vendor
-    backend, times from TRUE through sim.cost.ops, plus per_block_s x heads x query blocks for every
-    prefill launch and (max / mean context) ** imbalance for mixed decode launches."""
+def write_multi_synthetic(out, terms=TERMS, backend="triton", imbalance=0.0, seed=0, noise=0.01):
+    """attn_prefill(_multi).csv and attn_decode(_multi).csv for two head configurations, one
+    backend: every row's time is op_time of its op (calibrate.measurements.make_op: a mixed
+    launch as the simulator prices it, decode with its longest context) on a profile of TRUE
+    and ``terms``, times (max / mean context) ** imbalance for mixed decode launches, times
+    seeded log-normal noise."""
     hw = load_hardware("h100_sxm")
-    hw = dataclasses.replace(hw, efficiency={"vendor": {k: OpEfficiency(**p) for k, p in TRUE.items()}})
+    eff = {k: OpEfficiency(**p, **terms[k]) for k, p in TRUE.items()}
+    hw = dataclasses.replace(hw, efficiency={backend: eff})
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    h, kvh, d = grids.HEAD_CONFIGS[0]
 
-    def t(kind, fl, by, extra_s=0.0, factor=1.0):
-        s = (affine_roofline_s(hw, kind, fl, by, "bf16", "vendor")[0] + extra_s) * factor
+    def t(kind, r, factor=1.0):
+        s = op_time(hw, make_op(kind, dict(r, dtype="bf16")), backend) * factor
         return f"{s * float(np.exp(rng.normal(0, noise))):.6e}"
-
-    def blocks(seqs):
-        return h * sum(-(-n // 128) for n, _ in seqs)
-    rows = []
-    for b, sq, skv in grids.PREFILL_SHAPES:
-        fl, by = grids.prefill_flops_bytes(b, sq, skv, h, kvh, d)
-        rows.append(["attn_prefill", "vendor", "bf16", b, sq, skv, h, kvh, d,
-                     t("attn_prefill", fl, by, per_block_s * blocks([(sq, skv - sq)] * b)), fl, by])
-    _write(out, "attn_prefill", rows)
-    rows = []
-    for ln in grids_multi.prefill_multi_launches():
-        seqs = grids_multi.expand_lengths(ln)
-        fl, by = grids_multi.prefill_multi_flops_bytes(ln, h, kvh, d)
-        rows.append(["attn_prefill_multi", "vendor", "bf16", len(seqs), ln, h, kvh, d,
-                     t("attn_prefill", fl, by, per_block_s * blocks(seqs)), fl, by,
-                     max(n for n, _ in seqs), sum(n for n, _ in seqs)])
-    _write(out, "attn_prefill_multi", rows)
-    rows = []
-    for hh, kk, dd, b, c in grids.decode_grid():
-        if (hh, kk, dd) == (h, kvh, d):
-            fl, by = grids.decode_flops_bytes(b, c, h, kvh, d)
-            rows.append(["attn_decode", "vendor", "bf16", b, c, h, kvh, d, 16, t("attn_decode", fl, by), fl, by])
-    _write(out, "attn_decode", rows)
-    rows = []
-    for hh, kk, dd, ln in grids_multi.decode_multi_grid():
-        if (hh, kk, dd) == (h, kvh, d):
-            ctx = [c for c, _ in grids_multi.expand_lengths(ln, allow_prior=False)]
-            fl, by = grids_multi.decode_multi_flops_bytes(ln, h, kvh, d)
-            f = (max(ctx) * len(ctx) / sum(ctx)) ** imbalance
-            rows.append(["attn_decode_multi", "vendor", "bf16", len(ctx), ln, h, kvh, d, 16,
-                         t("attn_decode", fl, by, factor=f), fl, by, max(ctx), sum(ctx)])
-    _write(out, "attn_decode_multi", rows)
+    pf, pfm, dc, dcm = [], [], [], []
+    for h, kvh, d in CONFIGS:
+        hd = dict(heads=h, kv_heads=kvh, head_dim=d)
+        for b, sq, skv in grids.PREFILL_SHAPES:
+            fl, by = grids.prefill_flops_bytes(b, sq, skv, h, kvh, d)
+            pf.append(["attn_prefill", backend, "bf16", b, sq, skv, h, kvh, d,
+                       t("attn_prefill", dict(hd, batch=b, seq_q=sq, seq_kv=skv)), fl, by])
+        for ln in grids_multi.prefill_multi_launches():
+            seqs = grids_multi.expand_lengths(ln)
+            fl, by = grids_multi.prefill_multi_flops_bytes(ln, h, kvh, d)
+            (n0, p0), eq = seqs[0], len(set(seqs)) == 1
+            r = dict(hd, batch=len(seqs), seq_q=n0, seq_kv=n0 + p0) if eq else dict(hd, src="many_mixed", lengths=ln)
+            pfm.append(["attn_prefill_multi", backend, "bf16", len(seqs), ln, h, kvh, d, t("attn_prefill", r), fl, by,
+                        max(n for n, _ in seqs), sum(n for n, _ in seqs)])
+        for hh, kk, dd, b, c in grids.decode_grid():
+            if (hh, kk, dd) == (h, kvh, d):
+                fl, by = grids.decode_flops_bytes(b, c, h, kvh, d)
+                dc.append(["attn_decode", backend, "bf16", b, c, h, kvh, d, 16,
+                           t("attn_decode", dict(hd, batch=b, context=c)), fl, by])
+        for hh, kk, dd, ln in grids_multi.decode_multi_grid():
+            if (hh, kk, dd) == (h, kvh, d):
+                ctx = [c for c, _ in grids_multi.expand_lengths(ln, allow_prior=False)]
+                fl, by = grids_multi.decode_multi_flops_bytes(ln, h, kvh, d)
+                eq = len(set(ctx)) == 1
+                r = dict(hd, batch=len(ctx), context=ctx[0]) if eq else dict(hd, batch=len(ctx), src="many_mixed",
+                                                                             lengths=ln)
+                f = 1.0 if eq else (max(ctx) * len(ctx) / sum(ctx)) ** imbalance
+                dcm.append(["attn_decode_multi", backend, "bf16", len(ctx), ln, h, kvh, d, 16,
+                            t("attn_decode", r, f), fl, by, max(ctx), sum(ctx)])
+    _write(out, "attn_prefill", pf)
+    _write(out, "attn_prefill_multi", pfm)
+    _write(out, "attn_decode", dc)
+    _write(out, "attn_decode_multi", dcm)
     _write(out, "elementwise", [["launch", "triton_gpu", "none", 0, 0, "5.0e-06", 0, 0]])
     (out / "provenance.json").write_text(json.dumps({"device_name": "SYNTHETIC (test only)",
                                                      "date_utc": "2030-01-02T03:04:05+00:00"}))
@@ -314,64 +322,98 @@ def fitted(tmp_path_factory):
     return d, fit_profile(d, BASE, heldout=held), held
 
 
-def test_fit_recovers_the_per_block_term_and_reports_many_seq_errors_apart(fitted):
+def test_fit_recovers_the_many_sequence_terms(fitted):
+    """Each term of sim.cost.ops.many_seq_s comes back from data made with it: the per-program
+    costs and the whole-block work with the roofline, the decode chain from the mixed launches."""
     _, prof, held = fitted
-    pf = prof["efficiency"]["backends"]["vendor"]["attn_prefill"]
+    pf = prof["efficiency"]["backends"]["triton"]["attn_prefill"]
+    dc = prof["efficiency"]["backends"]["triton"]["attn_decode"]
+    want_p, want_d = TERMS["attn_prefill"], TERMS["attn_decode"]
+    assert pf["per_block_s"] == pytest.approx(want_p["per_block_s"], rel=0.1)
+    assert pf["block_diag_frac"] == pytest.approx(want_p["block_diag_frac"], abs=0.1)
+    assert dc["per_seq_s"] == pytest.approx(want_d["per_seq_s"], rel=0.2)
+    assert dc["chain_s_per_token"] == pytest.approx(want_d["chain_s_per_token"], rel=0.2)
+    assert dc["chain_bytes_per_s"] == pytest.approx(want_d["chain_bytes_per_s"], rel=0.2)
+    ch = dc["fit"]["chain_fit"]
+    assert ch["adopted"] and ch["mean_with"] < 2.0 < ch["mean_without"]
+    # the terms lower the held-out many-sequence error
     tf = pf["fit"]["per_block_s_fit"]
-    assert tf["adopted"] and tf["fitted_value"] == pytest.approx(PER_BLOCK_S, rel=0.15)
-    assert tf["median_with"] < 2.0 < 5 * tf["median_with"] < tf["median_without"]
-    # today's simulator does not price the term: reported as proposed, not shipped, tables without it
-    assert tf["priced_by_simulator"] is fit_multi.sim_accepts("attn_prefill", "per_block_s")
-    if not tf["priced_by_simulator"]:
-        assert "per_block_s" not in pf and "NOT shipped" in tf["note"]
-    errs = prof["calibration"]["errors"]["vendor"]["attn_prefill"]
-    n_grid = sum(is_heldout("attn_prefill", {"dtype": "bf16", "batch": b, "seq_q": q, "seq_kv": kv, "heads": 32,
-                                             "kv_heads": 8, "head_dim": 128}) for b, q, kv in grids.PREFILL_SHAPES)
-    assert errs["held_out_points"] == n_grid                  # the old grid's held-out set, unchanged
-    for pre in ("many_seq_equal_heldout", "many_seq_mixed_heldout", "many_seq_heldout"):
-        assert errs[f"{pre}_points"] >= 3 and errs[f"{pre}_median_abs_pct_err"] >= 0
-    assert errs["many_seq_heldout_points"] == (errs["many_seq_equal_heldout_points"]
-                                               + errs["many_seq_mixed_heldout_points"])
-    assert prof["calibration"]["fit_terms"]["vendor"]["attn_prefill"]["per_block_s_fit"] == tf
-    sets = set(held[0]["set"]) | set(held[1]["set"])
-    assert {"grid", "many_equal", "many_mixed"} <= sets
+    assert tf["median_with"] < 2.0 and tf["median_without"] > 2 * tf["median_with"]
+    for kind in ("attn_prefill", "attn_decode"):
+        errs = prof["calibration"]["errors"]["triton"][kind]
+        for pre in ("many_seq_equal_heldout", "many_seq_mixed_heldout"):
+            assert errs[f"{pre}_points"] >= 3 and errs[f"{pre}_median_abs_pct_err"] < 2.5, (kind, pre)
+        assert errs["many_seq_heldout_points"] == (errs["many_seq_equal_heldout_points"]
+                                                   + errs["many_seq_mixed_heldout_points"])
+        assert prof["efficiency"]["backends"]["triton"][kind]["fit"]["many_seq_meets_targets"]
+    n_grid = sum(is_heldout("attn_prefill", {"dtype": "bf16", "batch": b, "seq_q": q, "seq_kv": kv, "heads": h,
+                                             "kv_heads": kvh, "head_dim": d})
+                 for h, kvh, d in CONFIGS for b, q, kv in grids.PREFILL_SHAPES)
+    assert prof["calibration"]["errors"]["triton"]["attn_prefill"]["held_out_points"] == n_grid
+    assert prof["calibration"]["fit_terms"]["triton"]["attn_decode"]["chain_fit"] == ch
+    assert {"grid", "many_equal", "many_mixed"} <= set(held[0]["set"]) | set(held[1]["set"])
     # the equal launches extend the tables' rows: prefill to 256 sequences, decode to batch 2048
     rows_pf = {r["batch"] for tab in pf["shape_tables"] if tab["key"]["chunked"] == 0 for r in tab["rows"]}
     assert {1, 16, 32, 256} <= rows_pf
-    dec = prof["efficiency"]["backends"]["vendor"]["attn_decode"]["shape_tables"][0]["rows"]
-    assert dec[-1]["batch"] == 2048 and min(min(r["context"]) for r in dec) == 16
+    assert dc["shape_tables"][0]["rows"][-1]["batch"] == 2048
+    assert min(min(r["context"]) for r in dc["shape_tables"][0]["rows"]) == 16
 
 
-def test_decode_imbalance_trend_is_measured(fitted):
-    _, prof, _ = fitted
-    tr = prof["efficiency"]["backends"]["vendor"]["attn_decode"]["fit"]["many_seq_mixed_imbalance_trend"]
+def test_fitted_profile_prices_the_launches_through_op_time(fitted, tmp_path):
+    """The written profile loads, and op_time (the simulator's path, terms included) gives back
+    the fitted launches and prices the mixed ones, decode with its longest context."""
+    from calibrate.measurements import prepare
+    from sim.hardware import dump_profile
+    d, prof, _ = fitted
+    p = tmp_path / "fitted.yaml"
+    p.write_text(dump_profile(prof))
+    hw = load_hardware(str(p))
+    frames = fold_multi(read_measurements(d))
+    for kind in ("attn_prefill", "attn_decode"):
+        df = prepare(kind, frames[kind], hw)
+        pred = np.array([op_time(hw, make_op(kind, r), "triton") for r in df.to_dict("records")])
+        err = np.abs(pred / df["time_s"].to_numpy() - 1) * 100
+        for src in ("grid", "many_equal", "many_mixed"):
+            e = err[df["src"].to_numpy() == src]
+            assert np.median(e) < 1.5 and np.percentile(e, 90) < 4.0, (kind, src)
+
+
+def test_no_terms_without_them(tmp_path):
+    """Data made without the terms: the per-program costs fit to ~0 and the chain is not adopted."""
+    d = write_multi_synthetic(tmp_path / "h100_sxm", terms=NO_TERMS)
+    prof = fit_profile(d, BASE)
+    pf = prof["efficiency"]["backends"]["triton"]["attn_prefill"]
+    dc = prof["efficiency"]["backends"]["triton"]["attn_decode"]
+    assert pf.get("per_block_s", 0.0) < 1e-9 and dc.get("per_seq_s", 0.0) < 1e-10
+    assert not dc["fit"]["chain_fit"]["adopted"] and "chain_s_per_token" not in dc
+    # the fit counts whole-block work, these data the causal pairs: close, not equal
+    assert pf["fit"]["many_seq_mixed_heldout_median_abs_pct_err"] < 5.0
+    assert dc["fit"]["many_seq_mixed_heldout_median_abs_pct_err"] < 2.5
+    assert abs(dc["fit"]["many_seq_mixed_imbalance_trend"]["pct_per_doubling"]) < 1.5
+
+
+def test_decode_imbalance_trend_is_measured(tmp_path):
+    """A backend without a known split plan (vendor) gets no chain floor; what mixed launches
+    lose to an imbalance the price cannot see is reported as a trend per doubling of max / mean."""
+    d = write_multi_synthetic(tmp_path / "h100_sxm", terms=NO_TERMS, backend="vendor", imbalance=IMBALANCE)
+    prof = fit_profile(d, BASE)
+    dc = prof["efficiency"]["backends"]["vendor"]["attn_decode"]
+    tr = dc["fit"]["many_seq_mixed_imbalance_trend"]
     assert tr["pct_per_doubling"] == pytest.approx((2 ** IMBALANCE - 1) * 100, abs=1.5)
-    assert tr["r2"] > 0.8 and tr["launches"] >= 15
-    assert "per_seq_s_fit" not in prof["efficiency"]["backends"]["vendor"]["attn_decode"]["fit"]
+    assert tr["r2"] > 0.8 and tr["launches"] >= 30
+    assert "chain_fit" not in dc["fit"] and "chain_s_per_token" not in dc
 
 
-def test_term_is_shipped_when_the_simulator_accepts_it(tmp_path, monkeypatch):
-    d = write_multi_synthetic(tmp_path / "h100_sxm", imbalance=0.0)
-    monkeypatch.setattr(fit_multi, "sim_accepts", lambda kind, key: True)
+def test_fit_without_many_sequence_data_has_no_terms(tmp_path):
+    """The grids alone (as the H100's data): no term is fitted, the profile keys stay absent."""
+    d = write_multi_synthetic(tmp_path / "h100_sxm")
+    for f in ("attn_prefill_multi.csv", "attn_decode_multi.csv"):
+        (d / f).unlink()
     prof = fit_profile(d, BASE)
-    pf = prof["efficiency"]["backends"]["vendor"]["attn_prefill"]
-    assert pf["per_block_s"] == pytest.approx(PER_BLOCK_S, rel=0.15)
-    assert pf["fit"]["many_seq_mixed_heldout_median_abs_pct_err"] < 2.5
-    tf = pf["fit"]["per_block_s_fit"]
-    assert tf["median_without"] > 3 * tf["median_with"] and tf["note"].endswith("shipped")
-    # tables built on (measured - term): the shipped price reproduces the fitted rows
-    assert pf["fit"]["all_points_median_abs_pct_err"] < 0.5
-
-
-def test_no_term_without_one(tmp_path):
-    d = write_multi_synthetic(tmp_path / "h100_sxm", per_block_s=0.0, imbalance=0.0)
-    prof = fit_profile(d, BASE)
-    pf = prof["efficiency"]["backends"]["vendor"]["attn_prefill"]
-    tf = pf["fit"]["per_block_s_fit"]
-    assert not tf["adopted"] and tf["value"] == 0.0 and "per_block_s" not in pf
-    assert pf["fit"]["many_seq_mixed_heldout_median_abs_pct_err"] < 3.0
-    tr = prof["efficiency"]["backends"]["vendor"]["attn_decode"]["fit"]["many_seq_mixed_imbalance_trend"]
-    assert abs(tr["pct_per_doubling"]) < 1.5
+    for kind in ("attn_prefill", "attn_decode"):
+        c = prof["efficiency"]["backends"]["triton"][kind]
+        assert not set(c) & {"per_block_s", "per_seq_s", "block_diag_frac", "chain_s_per_token", "chain_bytes_per_s"}
+        assert not [k for k in c["fit"] if k.startswith("many_seq") or k.endswith("_fit")]
 
 
 def test_report_and_summary_show_many_seq_errors_apart(fitted, tmp_path):
@@ -382,19 +424,20 @@ def test_report_and_summary_show_many_seq_errors_apart(fitted, tmp_path):
     p = tmp_path / "fitted.yaml"
     p.write_text(dump_profile(prof))
     md = write_report(d, load_hardware(str(p)), tmp_path / "rep" / "R.md").read_text()
-    e = prof["calibration"]["errors"]["vendor"]["attn_prefill"]
+    e = prof["calibration"]["errors"]["triton"]["attn_prefill"]
 
     def cell(pre):
         return (f"{e[f'{pre}_points']}, {e[f'{pre}_median_abs_pct_err']:.2f}, "
                 f"{e[f'{pre}_p90_abs_pct_err']:.2f}")
     assert "## Many-sequence launches" in md
-    assert f"| attn_prefill | vendor | {cell('many_seq_equal_heldout')} | {cell('many_seq_mixed_heldout')} |" in md
-    assert "`per_block_s` fitted" in md and "max / mean context" in md
-    assert "| attn_prefill | attn_prefill | many_mixed | vendor | bf16 |" in md  # held-out table by set
+    assert f"| attn_prefill | triton | {cell('many_seq_equal_heldout')} | {cell('many_seq_mixed_heldout')} |" in md
+    assert "`per_block_s` fitted" in md and "`per_seq_s` fitted" in md and "max / mean context" in md
+    assert "serial-chain floor `chain_s_per_token`" in md
+    assert "| attn_prefill | attn_prefill | many_mixed | triton | bf16 |" in md  # held-out table by set
     sm = summary_markdown([str(p)])
-    assert (f"| {p} | attn_prefill many-seq mixed | vendor | | {e['many_seq_mixed_heldout_points']} | "
+    assert (f"| {p} | attn_prefill many-seq mixed | triton | | {e['many_seq_mixed_heldout_points']} | "
             f"{e['many_seq_mixed_heldout_median_abs_pct_err']:.2f} |") in sm
-    assert f"| {p} | attn_prefill | vendor | {e['points']} | {e['held_out_points']} |" in sm
+    assert f"| {p} | attn_prefill | triton | {e['points']} | {e['held_out_points']} |" in sm
 
 
 def test_a_rerun_of_the_many_sequence_grids_merges(tmp_path):
@@ -412,3 +455,17 @@ def test_a_rerun_of_the_many_sequence_grids_merges(tmp_path):
     for op in grids.OPS:
         with open(into / f"{op}.csv") as fh:
             assert list(csv.reader(fh))[1][2] == ("second" if op in grids.MULTI_OPS else "first")
+
+
+def test_decode_chain_tokens_follow_the_kernels_split_plan():
+    """sim.cost.ops.decode_chain_tokens = calibrate/kernels/attn_decode.py's tokens_per_split
+    (needs triton: runs where the kernels import, e.g. the calibration venv on CPU)."""
+    pytest.importorskip("triton")
+    pytest.importorskip("torch")
+    from calibrate.kernels import attn_decode
+    from sim.cost.ops import decode_chain_tokens
+    for batch in (1, 2, 3, 7, 8, 16, 33, 64, 200, 512, 2048):
+        for kvh in (1, 2, 4, 8):
+            for ctx in (1, 16, 63, 64, 65, 255, 256, 257, 1000, 4000, 4096, 15652, 32768, 131072):
+                _, tps = attn_decode.plan_splits(batch, kvh, ctx, "cpu")
+                assert decode_chain_tokens(batch, kvh, ctx, 132) == tps, (batch, kvh, ctx)

@@ -1,8 +1,8 @@
 """The cost-model interface: a batch shape in, a step time with a breakdown out.
 
 Models: what one engine iteration computes, reduced to what its GPU time depends on:
-prefill chunks (new tokens and the context before them), decode requests (how many and
-their summed context), and how many tokens are sampled.
+prefill chunks (new tokens and the context before them), decode requests (how many, their
+summed context and, when known, the longest), and how many tokens are sampled.
 
 Ignores: which requests these are (a cost model never sees request identity).
 """
@@ -22,6 +22,9 @@ class BatchShape:
     num_decode: int = 0
     decode_context_sum: int = 0  # sum over decode requests of the context they attend to (incl. new token)
     num_sampled: int = 0
+    # the longest of those contexts (0: not known; a cost model then takes all equal to the mean).
+    # Priced only by a profile with a decode serial-chain floor (sim.cost.ops.many_seq_s)
+    decode_context_max: int = 0
 
     @property
     def num_prefill_tokens(self) -> int:

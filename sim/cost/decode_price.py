@@ -5,17 +5,22 @@ sim/cost/roofline.py).
 Models: the affine roofline of AttnDecode over the summed context, the profile's residual
 correction and, for a measured head configuration, its shape table blended between the two
 measured batch rows around the batch size; with a table and no class breaks, in closed form
-per segment between measured contexts (K c^g). Equal to ``op_time`` of the mean-context
-AttnDecode to rounding (tested); stepping and fast-forward call the same function, so they
-agree bit for bit.
+per segment between measured contexts (K c^g); then the many-sequence terms where the profile
+has them (sim.cost.ops.many_seq_s): a fixed cost per sequence per KV head, and the serial chain
+of the longest program as a floor, from the longest context when the caller gives it (else
+the mean: all contexts equal). Equal to ``op_time`` of the mean-context AttnDecode (with that
+longest context) to rounding (tested); stepping and fast-forward call the same function, so
+they agree bit for bit.
 
-Ignores: per-request context spread within a batch (the price sees the sum), as the
-roofline does.
+Ignores: the spread of contexts within a batch beyond the sum and the longest (the tile
+padding of each sequence's last K/V tile is priced at the mean).
 """
 from __future__ import annotations
 
 import bisect
 import math
+
+from sim.cost.ops import chain_token_s, decode_chain_tokens
 
 
 class DecodePriceMixin:
@@ -44,8 +49,14 @@ class DecodePriceMixin:
         cx0, cx1, cy0, cy1 = (cx[0], cx[-1], cy[0], cy[-1]) if has_corr else (0.0, 0.0, 1.0, 1.0)
         cb, segs, general = _table_segments(self._dec_table, num)
         log2, bis = math.log2, bisect.bisect_right
+        # many-sequence terms (ops.many_seq_s), hoisted: per-program cost, serial-chain floor
+        ps = eff.per_seq_s * (num * m.num_kv_heads) if eff.per_seq_s else 0.0
+        chain = bool(eff.chain_s_per_token or eff.chain_bytes_per_s)
+        per_tok = chain_token_s(eff, 2 * m.head_dim * self._dtype_bytes) if chain else 0.0
+        kvh, sms = m.num_kv_heads, self.hw.num_sms
 
-        def f(context_sum: int) -> float:
+        def f(context_sum: int, context_max: int = 0) -> float:
+            """Seconds of all layers; ``context_max``: the longest context (0: the mean)."""
             flops = fc * context_sum
             bytes_ = context_sum * kvb + qo
             t_c = (flops + ff) / pc
@@ -70,6 +81,12 @@ class DecodePriceMixin:
                 else:
                     k, g = segs[bis(cb, context_sum)]
                     t *= k * context_sum ** g if g else k
+            if ps:
+                t = t + ps
+            if chain:
+                c = launch + decode_chain_tokens(num, kvh, context_max or context_sum / num, sms) * per_tok
+                if c > t:
+                    t = c
             return L * t
 
         cbx = list(cb or []) + [math.inf]  # segment ends, with a sentinel past the last
@@ -83,9 +100,10 @@ class DecodePriceMixin:
                     and bytes_ / bw > flops / peak * (1 + 1e-9))
 
         def run(c: int, m: int, t: float, horizon: float, gemm_s: float, other_s: float,
-                host_s: float) -> tuple[list[float], list[float], list[float], float]:
+                host_s: float, cmax: int = 0) -> tuple[list[float], list[float], list[float], float]:
             """Up to ``m`` pure-decode steps from context sum ``c`` (growing by ``num`` per
-            step) starting at ``t``: each step's start, total (gemm + attention + other + host,
+            step) and longest context ``cmax`` (growing by 1 per step; 0: unknown, the mean)
+            starting at ``t``: each step's start, total (gemm + attention + other + host,
             in step_time's order) and attention seconds, stopping after the first step that
             ends at or after ``horizon``; returns them and the end time.  Each step's attention
             is ``f``'s, bit for bit (tested): ``f``'s arithmetic without its compute-roof
@@ -122,6 +140,14 @@ class DecodePriceMixin:
                     nxt = cbx[jb]
                     sk, sg = segs[jb]
                 tt *= sk * c ** sg if sg else sk
+                if ps:
+                    tt = tt + ps
+                if chain:
+                    ch = launch + decode_chain_tokens(num, kvh, cmax or c / num, sms) * per_tok
+                    if ch > tt:
+                        tt = ch
+                    if cmax:
+                        cmax += 1
                 a = L * tt
                 tot = gemm_s + a + other_s + host_s
                 s_app(t)

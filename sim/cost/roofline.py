@@ -21,7 +21,7 @@ import math
 from sim.cost.base import BatchShape, StepTime, cost_models
 from sim.cost.decode_price import DecodePriceMixin
 from sim.cost.ops import (_ELEMENTWISE, CHAIN_ROOF_BACKENDS, PREFILL_BLOCK_M, Elementwise, Gemm, chain_ns,
-                          gemm_wave_flops, prefill_chain_flops)
+                          gemm_wave_flops, prefill_block_flops, prefill_chain_flops)
 from sim.hardware import TABLE_BASE, HardwareProfile
 from sim.model_spec import DTYPE_BYTES, ModelSpec
 
@@ -30,14 +30,25 @@ _CACHE_LIMIT = 65536
 
 class _Family:
     """A shape family key standing in for an op (the prefill chunks of a step are one launch);
-    ``row``: its table row (``AttnPrefill.table_row``: chunks, or 128-query blocks if chunked)."""
+    ``row``: its table row (``AttnPrefill.table_row``: chunks, or 128-query blocks if chunked);
+    ``blocks``: its query blocks, ``pairs``: (off-diagonal, diagonal) pairs of whole blocks
+    (``AttnPrefill.block_pairs``), both summed over the chunks."""
 
-    __slots__ = ("key", "chain", "row")
+    __slots__ = ("key", "chain", "row", "blocks", "pairs")
+    kind = "attn_prefill"
 
-    def __init__(self, key: tuple, chain: float, row: int):
+    def __init__(self, key: tuple, chain: float, row: int, blocks: int = 0, pairs: tuple[int, int] = (0, 0)):
         self.key = key
         self.chain = chain
         self.row = row
+        self.blocks = blocks
+        self.pairs = pairs
+
+    def programs(self) -> int:
+        return self.key[0] * self.blocks  # heads x query blocks
+
+    def block_flops(self, diag_frac: float) -> float:
+        return prefill_block_flops(self.key[0], self.key[2], self.pairs[0], self.pairs[1], diag_frac)
 
     def table_key(self) -> tuple:
         return self.key
@@ -96,6 +107,7 @@ class RooflineCost(DecodePriceMixin):
         self._kv_bytes_tok_layer = m.kv_bytes_per_token_per_layer
         self._tok_fns = self._token_fns()
         b = DTYPE_BYTES[self.dtype]
+        self._dtype_bytes = b
         # per chunk: FLOPs per attended pair, bytes per new token (q, o), bytes per key (k, v)
         self._pf_consts = (4.0 * m.num_heads * m.head_dim, 2 * 1 * m.num_heads * m.head_dim * b,
                            2 * 1 * m.num_kv_heads * m.head_dim * b)
@@ -231,22 +243,29 @@ class RooflineCost(DecodePriceMixin):
         the summed FLOPs and bytes of each chunk's AttnPrefill(1, new, prior + new), priced by
         ``affine_roofline_s`` with the chunk family's table at (row = number of chunks, or of
         128-query blocks when some chunk has a prior context (``AttnPrefill.table_row``), size of
-        the summed work / longest chunk's chain), its constants hoisted (same seconds)."""
+        the summed work / longest chunk's chain), plus the many-sequence terms (whole-block work,
+        a cost per query head per query block: ``ops.many_seq_s``), its constants hoisted (same
+        seconds)."""
         c4, qo, kvb = self._pf_consts
         flops = bytes_ = 0.0
         longest = 0
         chunked = 0
         qblocks = 0
+        off = diag = 0
+        half = PREFILL_BLOCK_M // 2
         for new, prior in chunks:
             seq_kv = prior + new
             if seq_kv > longest:
                 longest = seq_kv
             if prior:
                 chunked = 1
-            qblocks -= -new // PREFILL_BLOCK_M
+            nb = -(-new // PREFILL_BLOCK_M)
+            qblocks += nb
+            off += PREFILL_BLOCK_M * (nb * prior + half * nb * (nb - 1))  # ops.prefill_block_pairs
+            diag += PREFILL_BLOCK_M * new
             flops += c4 * (1 * (new * prior + new * (new + 1) / 2.0))
             bytes_ += qo * new + kvb * seq_kv
-        return self._pf_fns[chunked](flops, bytes_, longest, qblocks if chunked else len(chunks))
+        return self._pf_fns[chunked](flops, bytes_, longest, qblocks if chunked else len(chunks), qblocks, off, diag)
 
     def _prefill_fn(self, chunked: int):
         """``affine_roofline_s(hw, "attn_prefill", flops, bytes_, dtype, backend, family)`` for the
@@ -262,32 +281,41 @@ class RooflineCost(DecodePriceMixin):
             tab = eff._tables.get((m.num_heads, m.num_kv_heads, m.head_dim, chunked, self.dtype))
         chain_roof = self.backend in CHAIN_ROOF_BACKENDS
         corr, log2, exp, hd = eff.correction, math.log2, math.exp, m.head_dim
+        heads, pb, bdf = m.num_heads, eff.per_block_s, eff.block_diag_frac
 
-        def g(flops: float, bytes_: float, longest: int, batch: int) -> float:
+        def g(flops: float, bytes_: float, longest: int, batch: int, qblocks: int = 0, off: int = 0,
+              diag: int = 0) -> float:
+            if bdf is not None:  # whole 128-query blocks (ops.prefill_block_flops)
+                flops = prefill_block_flops(heads, hd, off, diag, bdf)
             t_c = (flops + ff) / pc if flops > 0 else 0.0
             t_m = (bytes_ + fb) / pbw
             a, c = flops / peak, bytes_ / bw
             ideal_ns = (a if a > c else c) * 1e9
             t = t_c if t_c > t_m else t_m
             if tab is None:
-                return L * (t * corr(ideal_ns) + launch)
-            x_ns, tb = ideal_ns, t
-            c_ns = chain_ns(prefill_chain_flops(hd, longest), peak, num_sms)
-            if c_ns > x_ns:
-                x_ns = c_ns
-            if chain_roof:
-                tc = c_ns * 1e-9 / cfrac
-                if tc > tb:
-                    tb = tc
-            return L * ((tb * corr(ideal_ns) + launch) * exp(tab.log_factor((log2(batch), log2(x_ns)))))
+                t = t * corr(ideal_ns) + launch
+            else:
+                x_ns, tb = ideal_ns, t
+                c_ns = chain_ns(prefill_chain_flops(hd, longest), peak, num_sms)
+                if c_ns > x_ns:
+                    x_ns = c_ns
+                if chain_roof:
+                    tc = c_ns * 1e-9 / cfrac
+                    if tc > tb:
+                        tb = tc
+                t = (tb * corr(ideal_ns) + launch) * exp(tab.log_factor((log2(batch), log2(x_ns))))
+            if pb:  # ops.many_seq_s: a cost per query head per query block
+                t = t + pb * (heads * qblocks)
+            return L * t
         return g
 
-    def _attn_decode(self, num: int, context_sum: int) -> float:
-        """Decode attention of ``num`` requests over ``context_sum`` cached tokens, all layers."""
+    def _attn_decode(self, num: int, context_sum: int, context_max: int = 0) -> float:
+        """Decode attention of ``num`` requests over ``context_sum`` cached tokens, the longest
+        ``context_max`` (0: unknown, the mean), all layers."""
         f = self._dec_fns.get(num)
         if f is None:
             f = self._dec_fns[num] = self._decode_fn(num)
-        return f(context_sum)
+        return f(context_sum, context_max) if context_max else f(context_sum)
 
     def decode_step_fn(self, n: int):
         """(attention seconds as a function of the context sum, the fixed parts as a StepTime)
@@ -316,6 +344,6 @@ class RooflineCost(DecodePriceMixin):
         gemm, other = self._dense(tokens, shape.num_sampled)
         attn = self._attn_prefill(chunks) if chunks else 0.0
         if shape.num_decode:
-            attn += self._attn_decode(shape.num_decode, shape.decode_context_sum)
+            attn += self._attn_decode(shape.num_decode, shape.decode_context_sum, shape.decode_context_max)
         host = self.host_overhead_s
         return StepTime(total_s=gemm + attn + other + host, gemm_s=gemm, attn_s=attn, other_s=other, host_s=host)
