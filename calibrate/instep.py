@@ -40,7 +40,8 @@ from .stepshape import (est_instep_s, est_step_s, instep_reps, instep_steps, mod
                         phase, step_str)
 
 COLUMNS = ["model", "backend", "step", "op", "kind", "shape", "method", "time_s"]
-METHODS = ("bench_zero", "bench_read", "bench_rotate", "calib_zero")
+METHODS = ("bench_zero", "bench_read", "bench_rotate", "calib_zero", "bench_soak")
+RUN_METHODS = list(METHODS[:4])  # what main() measures (--methods)
 PROFILE_MAX_S = 0.5  # profiling stops once a step's profile takes longer than this on average
 
 
@@ -59,7 +60,7 @@ def ratio_table(rows: list[dict]) -> list[tuple]:
             continue
         acc.setdefault((r["kind"], r["backend"], phase(*parse_shape(*parse_step(r["step"])))), {}).setdefault(
             r["method"], []).append(float(r["time_s"]) / t_in)
-    return [(k, b, p, len(m.get("bench_zero", [])), {x: statistics.median(v) for x, v in m.items()})
+    return [(k, b, p, max(map(len, m.values())), {x: statistics.median(v) for x, v in m.items()})
             for (k, b, p), m in sorted(acc.items())]
 
 
@@ -105,7 +106,8 @@ def _one_step(md, be, w, va, pf, dc, pool, l2, benched, rows, prov):
         if gk not in benched:
             new += 1
             try:
-                benched[gk] = standalone(op, a, l2, calib=(be == "vendor" and op.kind == "gemm"))
+                benched[gk] = standalone(op, a, l2, calib=(be == "vendor" and op.kind == "gemm"),
+                                         methods=RUN_METHODS)
             except Exception as e:  # noqa: BLE001
                 benched[gk] = {}
                 prov["skipped"].append(f"{md.name}/{be} {key} {op.name} {op.shape}: bench failed: "
@@ -132,7 +134,14 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny 2-layer models (CPU smoke test)")
     p.add_argument("--budget-s", type=float, default=140.0)
     p.add_argument("--backends", default="vendor,triton")
+    p.add_argument("--methods", default=",".join(RUN_METHODS),
+                   help=f"standalone methods to measure, of {','.join(METHODS)}")
+    p.add_argument("--soak-ms", type=float, default=10.0, help="bench_soak: GEMM soak before the timed calls")
     args = p.parse_args(argv)
+    RUN_METHODS[:] = [m for m in args.methods.split(",") if m]
+    bad = set(RUN_METHODS) - set(METHODS)
+    if bad:
+        p.error(f"--methods: unknown {sorted(bad)}; expected some of {list(METHODS)}")
     os.makedirs(args.out, exist_ok=True)
     from .stepattn import VendorAttn
     from .stepref import Weights
@@ -150,6 +159,8 @@ def main(argv=None) -> int:
                 vendor_rotary="calibrate/kernels/elementwise.py rotary")
     pool, l2 = pool_for(models, steps), l2_bytes()
     from . import timing
+    timing.TIMING["soak_s"] = args.soak_ms * 1e-3
+    prov.update(methods=list(RUN_METHODS), soak_s=timing.TIMING["soak_s"])
     prov.update(l2_bytes_used=l2, bench_window=dict(timing.PASS_TIMING),
                 rotation={"min_total_l2_multiple": 2, "max_copies": MAX_COPIES,
                           "runner_l2_multiple": getattr(timing, "ROTATE_L2_MULTIPLE", None),

@@ -83,7 +83,7 @@ def time_gemm(w: CsvOut, backends, ok_triton, quick, skips: Skips, windows=None)
                                   else (lambda am=am, b=b, sb=sb: torch._scaled_mm(am, b, scale_a=sa, scale_b=sb,
                                                                                    out_dtype=torch.bfloat16))
                                   for am, b, sb in ops]
-                        t = bench(fn)
+                        t = bench(fn, soak=timing.compute_bound(flops, byts, dtype))
                     except Exception as e:  # noqa: BLE001
                         skips.add(f"gemm_{dtype}_{be}: {type(e).__name__}: {str(e)[:120]}")
                         continue
@@ -265,6 +265,9 @@ def main(argv=None):
                    help="multiply every op's wall-time budget")
     p.add_argument("--flush", choices=FLUSH_MODES, default=TIMING["flush"],
                    help="L2 before each timed call: zero (do_bench), read, none (rotating input copies)")
+    p.add_argument("--soak-ms", type=float, default=0.0,
+                   help="compute-bound windows follow this many ms of large GEMMs instead of an idle spin "
+                        "(the power state of a long prefill step; calibrate/timing.py); 0 = off")
     p.add_argument("--multi-passes", type=int, default=None,
                    help=f"passes over the many-sequence grids (default {PASSES['attn_prefill_multi']})")
     p.add_argument("--max-wall-s", type=float, default=540.0,
@@ -280,6 +283,7 @@ def main(argv=None):
     for k in BUDGET:
         BUDGET[k] *= args.budget_scale
     TIMING["flush"] = args.flush
+    TIMING["soak_s"] = max(0.0, args.soak_ms) * 1e-3
     if args.multi_passes is not None:
         if args.multi_passes < 1:
             p.error("--multi-passes must be >= 1")
@@ -333,6 +337,11 @@ def main(argv=None):
     skips = Skips()
     if not args.check_only:
         prov["peaks"] = measure_peaks() if DEV == "cuda" else {}
+        pk = prov["peaks"]
+        if pk.get("matmul_bf16_flops_per_s") and pk.get("copy_bw_bytes_per_s"):
+            timing.RIDGE_FLOP_PER_BYTE = pk["matmul_bf16_flops_per_s"] / pk["copy_bw_bytes_per_s"]
+        prov["soak"] = {"soak_s": TIMING["soak_s"], "ridge_flop_per_byte": timing.RIDGE_FLOP_PER_BYTE,
+                        "applies_to": "gemm and prefill windows whose FLOPs/bytes exceed the ridge"}
         est = estimate.run_seconds(ops, PASSES, backends, args.quick, args.flush, prov["peaks"], TIMING, PASS_TIMING)
         log(estimate.format_estimate(est))
         prov["estimate_s"] = {k: (v["seconds"] if isinstance(v, dict) else v) for k, v in est.items()}

@@ -29,6 +29,7 @@ import triton
 from . import grids, grids_multi
 from .harness import BUDGET, Budget, CsvOut, Skips, log, write_pass_rows
 from .kernels import attn_decode, attn_prefill
+from . import timing
 from .timing import DEV, bench_pass, rotation, run_passes
 
 
@@ -108,17 +109,19 @@ def _time_prefill_launch(h, kvh, d, seqs, backends, p, ok_triton, skips: Skips, 
     o = torch.empty_like(copies[0][0])
     equal = len(set(seqs)) == 1
     bsz, s_q, s_kv = len(seqs), sq[0], sk[0]
+    fb = [grids.prefill_flops_bytes(1, n, n + pr, h, kvh, d) for n, pr in seqs]
+    soak = timing.compute_bound(sum(f for f, _ in fb), sum(b for _, b in fb))
     for be in _backends_in_pass(backends, p):
         if (be == "triton" and not ok_triton) or (be == "vendor_varlen" and not (equal and varlen_ok)):
             continue
         try:
             if be == "triton":
                 t = bench_pass([lambda c=c: attn_prefill.prefill_attention(c[0], c[1], c[2], c[3], c[4], max(sq), o)
-                                for c in copies])
+                                for c in copies], soak=soak)
             elif be == "vendor_varlen" or not equal:
                 if not varlen_ok:
                     continue
-                t = bench_pass([_varlen(c[0], c[1], c[2], c[3], c[4], max(sq), max(sk), True) for c in copies])
+                t = bench_pass([_varlen(c[0], c[1], c[2], c[3], c[4], max(sq), max(sk), True) for c in copies], soak=soak)
             else:
                 def views(c, rep=1):
                     return [x.view(bsz, s, hh, d).transpose(1, 2).repeat_interleave(rep, 1) if rep > 1 else
@@ -126,7 +129,7 @@ def _time_prefill_launch(h, kvh, d, seqs, backends, p, ok_triton, skips: Skips, 
                             for x, s, hh in ((c[0], s_q, h), (c[1], s_kv, kvh), (c[2], s_kv, kvh))]
                 with _sdpa_ctx():
                     try:
-                        t = bench_pass([_vendor_prefill(*views(c), s_q, s_kv) for c in copies])
+                        t = bench_pass([_vendor_prefill(*views(c), s_q, s_kv) for c in copies], soak=soak)
                     except Exception:  # noqa: BLE001  (no GQA path: repeat kv heads)
                         skips.add(f"{op}_vendor_gqa_fallback_repeat_kv")
                         fns = []
@@ -134,7 +137,7 @@ def _time_prefill_launch(h, kvh, d, seqs, backends, p, ok_triton, skips: Skips, 
                             q4, k4, v4 = views(c)
                             fns.append(_vendor_prefill(q4, k4.repeat_interleave(h // kvh, 1),
                                                        v4.repeat_interleave(h // kvh, 1), s_q, s_kv))
-                        t = bench_pass(fns)
+                        t = bench_pass(fns, soak=soak)
         except Exception as e:  # noqa: BLE001
             skips.add(f"{op}_{be}: {type(e).__name__}: {str(e)[:120]}")
             continue

@@ -251,32 +251,39 @@ def rotated(op, args: tuple, l2: int) -> list[tuple]:
     return list(zip(*cols))
 
 
-def bench(fn, flush: str):
+def bench(fn, flush: str, soak: bool = False):
     """One ``calibrate.timing.bench`` window (as long as the runner's multi-pass windows,
     ``timing.PASS_TIMING``) with the given flush, or None if the runner has no ``flush`` option
     (then only "zero", its fixed behaviour, is measured)."""
     rep_ms, max_reps = timing.PASS_TIMING["rep_ms"], timing.PASS_TIMING["max_reps"]
     if BENCH_FLUSH:
-        return timing.bench(fn, rep_ms, max_reps, flush=flush)
+        return timing.bench(fn, rep_ms, max_reps, flush=flush, soak=soak)
     if flush == "zero" or DEV != "cuda":  # the CPU smoke mode times wall clock: flush is moot
         return timing.bench(fn, rep_ms, max_reps)
     return None
 
 
-def standalone(op, args: tuple, l2: int, calib: bool = False) -> dict[str, float]:
+def standalone(op, args: tuple, l2: int, calib: bool = False,
+               methods=("bench_zero", "bench_read", "bench_rotate", "calib_zero")) -> dict[str, float]:
     """Seconds of one launch of ``op`` alone: bench_zero / bench_read (L2 flushed by zeroing,
-    resp. reading, 256 MB before each call), bench_rotate (no flush; inputs rotated over
-    ``rotated`` copies); calib_zero for vendor GEMMs: torch.matmul on a [K, N] weight with the
-    zero flush, the calibration runner's exact call."""
+    resp. reading, 256 MB before each call), bench_soak (read flush, and the timed calls follow
+    ``timing.TIMING["soak_s"]`` of large GEMMs instead of the idle spin: the power state of a
+    long prefill step), bench_rotate (no flush; inputs rotated over ``rotated`` copies);
+    calib_zero for vendor GEMMs: torch.matmul on a [K, N] weight with the zero flush, the
+    calibration runner's exact call. ``methods``: which of these to measure."""
     out = {}
     fn = lambda: op.fn(*args)  # noqa: E731
     for m, fl in (("bench_zero", "zero"), ("bench_read", "read")):
-        out[m] = bench(fn, fl)
-    copies = rotated(op, args, l2)
-    it = itertools.cycle(copies)
-    out["bench_rotate"] = bench(lambda: op.fn(*next(it)), "none")
-    out["rotate_copies"] = len(copies)
-    if calib:
+        if m in methods:
+            out[m] = bench(fn, fl)
+    if "bench_soak" in methods:
+        out["bench_soak"] = bench(fn, "read", soak=True)
+    if "bench_rotate" in methods:
+        copies = rotated(op, args, l2)
+        it = itertools.cycle(copies)
+        out["bench_rotate"] = bench(lambda: op.fn(*next(it)), "none")
+        out["rotate_copies"] = len(copies)
+    if calib and "calib_zero" in methods:
         a, wkn = args[0], args[1].t().contiguous()
         c = a.new_empty(a.shape[0], wkn.shape[1])
         out["calib_zero"] = bench(lambda: torch.matmul(a, wkn, out=c), "zero")

@@ -4,17 +4,26 @@ run_passes() (several shuffled passes over an op's grid, fresh inputs each pass,
 median across passes, every window logged).
 
 L2 before each timed call (``TIMING["flush"]``, the runner's ``--flush``):
-  zero  256 MB zeroed (triton.testing.do_bench's method; the default).  Leaves L2 full of
-        dirty lines, whose write-back inside the timed call takes HBM bandwidth from a
-        memory-bound kernel: suspected of the 20-40 % that decode GEMMs and attention took
-        LESS inside real engine steps than calibrated (issue "fidelity inside real steps").
+  zero  256 MB zeroed (triton.testing.do_bench's method).  Leaves L2 full of dirty lines,
+        whose write-back inside the timed call takes HBM bandwidth from a memory-bound kernel:
+        on an H200 decode GEMMs timed so were 1.106x their time inside real steps, decode
+        attention 1.081x, elementwise ops 1.10-1.13x (calibrate/data/h200_sxm/truth).
   read  256 MB read by a reduction (int32 -> one int64 sum): L2 holds clean lines of the
-        buffer, so nothing of the timed kernel's is resident and nothing needs writing back.
+        buffer, so nothing of the timed kernel's is resident and nothing needs writing back
+        (the default: decode GEMMs 0.972x, decode attention 0.97-0.99x of in-step time).
   none  nothing; callers pass ``rotation(footprint)`` copies of the inputs and each timed call
         uses the next copy, so a copy is reused only after ROTATE_L2_MULTIPLE x L2 of other
         inputs (a real step's weights and KV were last touched a whole layer ago).
 The flush kernel runs before the call's start event in stream order, so its time is outside
 the timed window in every mode.
+
+Power state (``TIMING["soak_s"]``, the runner's ``--soak-ms``; off by default): a long prefill
+step runs power-capped (SM ~1650 MHz under the H200's 700 W limit in calibrate/sustained.py,
+against the 1980 MHz boost a short window starts at), and a compute-bound kernel's time scales
+with the clock. With ``soak_s`` > 0, a window whose caller marks it compute-bound
+(``bench(..., soak=True)``) holds the GPU with ``soak_s`` of large bf16 GEMMs instead of the
+idle spin kernel before its timed calls, so they run in the power state they have inside such a
+step; memory-bound kernels (decode) run at boost inside a step and keep the spin.
 
 Ignores: L2 contents a real step leaves between kernels (the previous op's output is L2-hot
 there); calibrate/instep.py compares these methods with times measured inside steps.
@@ -35,9 +44,18 @@ DEV = os.environ.get("CALIBRATE_DEVICE", "cuda")
 
 # Window settings: warm-up and repetition time as do_bench takes them, capped in calls; --quick
 # lowers them.  Ops timed in several passes use shorter windows (PASS_TIMING), one per pass.
-# "flush": what happens to L2 before each timed call (module doc); "zero" until the comparison
-# inside real steps (calibrate/instep.py) says otherwise; the runner's --flush sets it
-TIMING = {"warmup_ms": 5, "rep_ms": 20, "max_warmup": 25, "max_reps": 100, "flush": "zero"}
+# "flush": what happens to L2 before each timed call (module doc): "read", as the comparison
+# inside real steps (calibrate/instep.py, H200 2026-12-01) showed; the runner's --flush sets it
+TIMING = {"warmup_ms": 5, "rep_ms": 20, "max_warmup": 25, "max_reps": 100, "flush": "read", "soak_s": 0.0}
+SOAK_GEMM = 8192            # the soak's bf16 matmul: SOAK_GEMM^3, ~1.4 ms on an H100/H200
+# FLOPs per byte above which a bf16 kernel is compute-bound (the runner sets it from the measured
+# matmul rate over the measured copy bandwidth; H200 datasheet: ~206); fp8 twice that
+RIDGE_FLOP_PER_BYTE = 206.0
+
+
+def compute_bound(flops: float, bytes_: float, dtype: str = "bf16") -> bool:
+    """The kernel's ideal compute time exceeds its ideal memory time (worth a soak)."""
+    return flops > RIDGE_FLOP_PER_BYTE * (2.0 if dtype == "fp8" else 1.0) * bytes_
 FLUSH_MODES = ("zero", "read", "none")
 FLUSH_BYTES = 256 * 10**6 if DEV == "cuda" else 10**6  # do_bench's 256 MB; 1 MB in the CPU smoke mode
 L2_BYTES = 60 * 2**20       # the runner sets the device's (torch's L2_cache_size); H200: 60 MiB
@@ -105,6 +123,28 @@ def _spin(seconds: float) -> None:
     torch.cuda._sleep(int(max(seconds, 0.0) * SPIN_CYCLES_PER_S))
 
 
+def _hold(seconds: float, soak: bool) -> None:
+    """Hold the GPU for at least ``seconds`` while the host enqueues: the idle spin kernel, or
+    (``soak``) large GEMMs for at least TIMING["soak_s"] (power state: module doc)."""
+    if not soak:
+        _spin(seconds)
+        return
+    if "soak" not in _FLUSH:
+        a = torch.randn(SOAK_GEMM, SOAK_GEMM, device=DEV, dtype=torch.bfloat16)
+        c = torch.empty(SOAK_GEMM, SOAK_GEMM, device=DEV, dtype=torch.bfloat16)
+        torch.matmul(a, a, out=c)
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(3):
+            torch.matmul(a, a, out=c)
+        e1.record()
+        torch.cuda.synchronize()
+        _FLUSH["soak"] = (a, c, e0.elapsed_time(e1) * 1e-3 / 3)
+    a, c, per = _FLUSH["soak"]
+    for _ in range(max(1, int(-(-max(seconds, TIMING["soak_s"]) // per)))):
+        torch.matmul(a, a, out=c)
+
+
 def _flusher(mode: str):
     """What runs before each timed call in flush mode ``mode`` (None for "none")."""
     if mode not in FLUSH_MODES:
@@ -144,7 +184,8 @@ def _trimmed_mean(xs: list[float]) -> float:
     return sum(s) / len(s)
 
 
-def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: str | None = None) -> float:
+def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: str | None = None,
+          soak: bool = False) -> float:
     """Median device seconds of one call of fn, measured as triton.testing.do_bench measures it
     (a flush before each timed call, CUDA events around the call, warm-up first), but with the
     host kept ahead of the GPU: a spin kernel holds the GPU while the host enqueues the timed
@@ -156,7 +197,9 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: s
 
     ``fn``: a callable, or a list of callables (the same op on copies of its inputs, see
     ``rotation``), called in turn.  ``flush``: "zero", "read" or "none" (module doc); None
-    takes TIMING["flush"]."""
+    takes TIMING["flush"].  ``soak``: the call is compute-bound; with TIMING["soak_s"] > 0 its
+    timed calls follow a soak of large GEMMs instead of the idle spin (module doc)."""
+    soak = bool(soak) and TIMING["soak_s"] > 0
     fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
     nf = len(fns)
     flush_fn = _flusher(flush or TIMING["flush"])
@@ -206,7 +249,7 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: s
     lead = max(0.5e-3, n_rep * (1.3 * host_rep - 0.8 * est))
     late: set[int] = set()
     for attempt in range(3):
-        _spin(lead)
+        _hold(lead, soak)
         late = set()
         for i in range(n_rep):
             flush_fn()          # before the start event: never inside the timed window
@@ -234,9 +277,9 @@ def bench(fn, rep_ms: float | None = None, max_reps: int | None = None, flush: s
     return t
 
 
-def bench_pass(fn) -> float:
-    """One window of a multi-pass op (shorter: PASS_TIMING); ``fn`` as in ``bench``."""
-    return bench(fn, PASS_TIMING["rep_ms"], PASS_TIMING["max_reps"])
+def bench_pass(fn, soak: bool = False) -> float:
+    """One window of a multi-pass op (shorter: PASS_TIMING); ``fn`` and ``soak`` as in ``bench``."""
+    return bench(fn, PASS_TIMING["rep_ms"], PASS_TIMING["max_reps"], soak=soak)
 
 
 class WindowLog:
