@@ -70,3 +70,47 @@ def test_fast_forward_equals_stepping_open_and_closed_loop(arrival):
     pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
     pd.testing.assert_frame_equal(a.iterations, b.iterations, check_exact=True)
     assert a.summary() == b.summary()
+
+
+def test_fast_forward_equals_stepping_with_the_longest_context_floor():
+    """The H200 Triton decode price has a floor from the longest context's serial chain: the
+    engine passes the longest steady-decode context to stepped and fast-forwarded steps alike
+    (it grows by one per step), so the two stay equal, and mixed contexts price above the mean."""
+    cfg = small_config(hardware="h200_sxm", cost_model={"name": "roofline", "params": {"backend": "triton"}},
+                       workload__num_requests=120,
+                       workload__prompt_tokens={"name": "lognormal", "params": {"median": 300, "sigma": 1.5, "max": 20000}})
+    a, b = sim.run(cfg), sim.run(cfg, fast_forward=False)
+    pd.testing.assert_frame_equal(a.requests, b.requests, check_exact=True)
+    pd.testing.assert_frame_equal(a.iterations, b.iterations, check_exact=True)
+
+
+def test_longest_decode_context_is_tracked():
+    """Two requests decode side by side, prompts 1,000 and 100 tokens: every decode step's shape
+    carries the longer one's context, 900 more than the shorter's; the Triton H200 price of a
+    batch with a few long contexts among many short ones is above its mean-context price."""
+    from sim.cost.base import BatchShape
+    from sim.cost.constant import ConstantCost
+    from sim.cost.roofline import RooflineCost
+    from sim.hardware import load_hardware
+    from sim.model_spec import load_model
+    from tests.engine_helpers import drive
+
+    class Recording(ConstantCost):
+        def __init__(self):
+            super().__init__(0.01)
+            self.shapes = []
+
+        def step_time(self, shape):
+            self.shapes.append(shape)
+            return super().step_time(shape)
+
+    cost = Recording()
+    drive([(0.0, 1000, 30), (0.0, 100, 30)], max_num_batched_tokens=2048, num_blocks=200, cost=cost,
+          fast_forward=False)
+    both = [s for s in cost.shapes if s.num_decode == 2 and not s.prefill_chunks]
+    assert len(both) >= 20
+    assert all(2 * s.decode_context_max - s.decode_context_sum == 900 for s in both)
+    roof = RooflineCost(load_model("llama-3.1-8b"), load_hardware("h200_sxm"), backend="triton")
+    mean = roof.step_time(BatchShape([], 64, 4 * 4000 + 60 * 200, 64)).attn_s
+    skewed = roof.step_time(BatchShape([], 64, 4 * 4000 + 60 * 200, 64, 4000)).attn_s
+    assert skewed > 1.5 * mean

@@ -173,10 +173,10 @@ class ParallelCost:
             parts = [cost.decode_step_fn(n) for cost in self.stages]
             fns = [f for f, _ in parts]
 
-            def f(context_sum: int) -> float:
+            def f(context_sum: int, context_max: int = 0) -> float:
                 a = 0.0
                 for g in fns:
-                    a += g(context_sum)
+                    a += g(context_sum, context_max)
                 return a
             gemm = other = c = 0.0
             for (_, fx), ci in zip(parts, comm):

@@ -62,7 +62,8 @@ class CudaGraphCost:
         if size is None:
             return self.inner.step_time(shape)
         pad = size - n
-        st = self.inner.step_time(BatchShape([], size, shape.decode_context_sum + pad, shape.num_sampled))
+        st = self.inner.step_time(BatchShape([], size, shape.decode_context_sum + pad, shape.num_sampled,
+                                             shape.decode_context_max))
         if self._launch is None:
             return st
         g, a, o = self._launch

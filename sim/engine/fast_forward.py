@@ -100,10 +100,11 @@ class FastForwardMixin:
         else:
             m = k
         c = self.decode_computed_sum + n
+        cmax = self.decode_context_max()
         run = getattr(price, "run", None)
-        out = run(c, m, now, horizon, *fixed_s) if fixed_s is not None and run is not None else None
+        out = run(c, m, now, horizon, *fixed_s, cmax) if fixed_s is not None and run is not None else None
         if out is None:
-            out = self._price_steps(m, c, n, price, fixed_s, now, horizon)
+            out = self._price_steps(m, c, n, price, fixed_s, now, horizon, cmax)
         starts, totals, attn, t = out
         taken = len(starts)
         used = list(accumulate(islice(cycle(lens), taken), initial=used0))[1:]  # in use after each step
@@ -112,16 +113,17 @@ class FastForwardMixin:
         return starts, totals, attn, used, t
 
     @staticmethod
-    def _price_steps(m: int, c: int, n: int, price, fixed_s, t: float, horizon: float):
-        """Steps one by one with ``price`` (the path for prices without a ``run``)."""
+    def _price_steps(m: int, c: int, n: int, price, fixed_s, t: float, horizon: float, cmax: int = 0):
+        """Steps one by one with ``price`` (the path for prices without a ``run``); ``cmax``: the
+        longest decode context at the first step (it grows by one per step)."""
         g, o, h = fixed_s if fixed_s is not None else (0.0, 0.0, 0.0)
         starts, totals, attn = [], [], []
-        for _ in range(m):
+        for j in range(m):
             if fixed_s is not None:
-                a = price(c)
+                a = price(c, cmax + j) if cmax else price(c)
                 tot = g + a + o + h
             else:
-                st = price(c)
+                st = price(c, cmax + j) if cmax else price(c)
                 a, tot = st.attn_s, st.total_s
             starts.append(t)
             totals.append(tot)

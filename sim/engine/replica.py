@@ -169,8 +169,8 @@ class Replica(Intake):
             else:  # a cost model without one: each step's StepTime from step_time
                 cost = self.cost
 
-                def price(c: int, n=n) -> StepTime:
-                    return cost.step_time(BatchShape([], n, c, n))
+                def price(c: int, cmax: int = 0, n=n) -> StepTime:
+                    return cost.step_time(BatchShape([], n, c, n, cmax))
                 fixed, parts = price(ctx0), None
             used0 = sched.kv.pool.num_used
             horizon = self.horizon_s if clock is None else now + clock.lookahead_s

@@ -93,6 +93,7 @@ class Scheduler(FastForwardMixin):
         self._decode_held: list[int] = []
         self.step = 0
         self._finish_heap: list[tuple[int, int, Request]] = []
+        self._offset_heap: list[tuple[int, int, Request]] = []  # (-decode_offset, id): the longest decode
         self.num_preemptions = 0
         self._on_finish = None  # static batching: the callback that returns padded rows
         self.decode_end_s = -1.0  # end of the last step that advanced the steady decodes
@@ -109,6 +110,7 @@ class Scheduler(FastForwardMixin):
         self.decode_computed_sum += r.num_computed
         r.finish_step = self.step + (r.output_tokens - r.num_output)
         heapq.heappush(self._finish_heap, (r.finish_step, r.id, r))
+        heapq.heappush(self._offset_heap, (-r.decode_offset, r.id, r))
 
     def _leave_decode(self, r: Request) -> None:
         """Materialise a steady-decode request's counters and take it out of the set."""
@@ -133,6 +135,14 @@ class Scheduler(FastForwardMixin):
             return 0
         bs = self.bs
         return -(-c // bs) + (r.decode_c0 // -bs)
+
+    def decode_context_max(self) -> int:
+        """The longest context a steady decode attends to at the next step (computed tokens + the
+        new one), 0 with none; amortized O(1) (stale heap entries dropped lazily)."""
+        heap = self._offset_heap
+        while heap and (heap[0][2].decode_bucket < 0 or heap[0][2].decode_offset != -heap[0][0]):
+            heapq.heappop(heap)
+        return -heap[0][0] + self.step + 1 if heap else 0
 
     def add(self, r: Request) -> None:
         r.state = WAITING
@@ -299,7 +309,8 @@ class Scheduler(FastForwardMixin):
             if r.num_computed + n == r.num_tokens:
                 sampled += 1
         ctx = plan.decode_context_sum + (self.padding_context_sum + pad if pad else 0)
-        plan.shape = BatchShape(chunks, plan.num_decode + pad, ctx, sampled)
+        plan.shape = BatchShape(chunks, plan.num_decode + pad, ctx, sampled,
+                                self.decode_context_max() if plan.num_decode else 0)
         if plan.swap_out_bytes or plan.swap_in_bytes:
             plan.swap_s = self.preemption.copy_s(plan)
         return plan
