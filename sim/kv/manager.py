@@ -41,7 +41,10 @@ def activation_reserve_bytes(model: ModelSpec, max_num_batched_tokens: int, max_
 
 def kv_capacity_blocks(model: ModelSpec, hw: HardwareProfile, block_size_tokens: int,
                        gpu_memory_utilization: float, reserve_bytes: float, tp: int = 1) -> int:
-    """Blocks of KV cache that fit on one replica (``tp`` GPUs sharding weights and KV)."""
+    """Blocks of KV cache that fit on one GPU's replica (``tp`` > 1: an even split of weights and
+    KV, the pre-parallelism approximation). The simulator sizes replicas with
+    ``sim.parallel.plan_replica`` (per-GPU sharding as vLLM does, the same blocks for tp = 1, and
+    an error naming the smallest layout that fits); this stays for callers of the old API."""
     budget = hw.memory_bytes * gpu_memory_utilization * tp
     free = budget - model.weight_bytes - reserve_bytes * tp
     per_block = block_size_tokens * model.kv_bytes_per_token
@@ -51,7 +54,7 @@ def kv_capacity_blocks(model: ModelSpec, hw: HardwareProfile, block_size_tokens:
             f"model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) + activation reserve "
             f"({reserve_bytes / 1e9:.1f} GB) does not fit in {gpu_memory_utilization:.0%} of {hw.name}'s "
             f"{hw.memory_bytes / 1e9:.1f} GB x {tp} GPU(s); no room for KV cache "
-            f"(use a larger GPU, more GPUs, or a smaller model)")
+            f"(shard it over more GPUs with parallelism.tp, or use a larger GPU or a smaller model)")
     return int(free // per_block)
 
 
