@@ -12,7 +12,8 @@ with copies = round(0.7 x capacity x replicas / trace rate).
 Timed: the whole simulation in a child process (config, profiles, trace, ``sim.run`` and
 ``summary()``), its wall time and peak resident memory (ru_maxrss). Run: `make bench` or
 `python bench/bench_fleet.py [--scenario 70b-tp4 8b-tp1] [--minutes 60]`. Prints one JSON
-line per scenario.
+line per scenario; ``--copies N`` fixes the traffic instead of the load (26 copies: about
+500,000 requests in the hour).
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--scenario", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     ap.add_argument("--minutes", type=float, default=60.0, help="simulated minutes of the trace (default: the hour)")
     ap.add_argument("--load", type=float, default=TARGET_LOAD, help="target fraction of the fleet's capacity")
+    ap.add_argument("--copies", type=int, default=None,
+                    help="superpose this many copies of the trace instead (26: about 500,000 requests in the hour)")
     ap.add_argument("--child", nargs=3, metavar=("SCENARIO", "COPIES", "MINUTES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -77,7 +80,7 @@ def main() -> None:
     for sc in args.scenario:
         model, tp, replicas = SCENARIOS[sc]
         cap = capacity(model, tp)
-        copies = max(1, round(args.load * cap * replicas / (TRACE_REQUESTS / TRACE_SPAN_S)))
+        copies = args.copies or max(1, round(args.load * cap * replicas / (TRACE_REQUESTS / TRACE_SPAN_S)))
         out = subprocess.run([sys.executable, __file__, "--child", sc, str(copies), str(args.minutes)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,7 +1,8 @@
 """``servesim calibrate``: fit a hardware profile to calibrate/ measurements, report, model check.
 
 Commands: ``fit DATA_DIR --out PROFILE.yaml [--base BASE.yaml]`` (kernel CSVs and/or the NCCL
-times of ``nccl.csv``), ``report DATA_DIR --profile PROFILE.yaml --out REPORT.md``,
+times of ``nccl.csv``; with kernel CSVs the profile gets ``calibration.uncertainty`` too,
+calibrate/fit_uncertainty.py), ``report DATA_DIR --profile PROFILE.yaml --out REPORT.md``,
 ``check-model MODEL_CHECK.csv --hardware PROFILE``.  The fitting
 code lives in the repository's ``calibrate/`` folder (next to ``sim/``), not in the installed
 package; this module puts the repository root on ``sys.path`` when needed.
@@ -71,7 +72,11 @@ def fit(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/ with th
             fail(f"{base}: no such base profile")
         d = dict(read_yaml(base))  # NCCL data only: the base profile's efficiency curves stay as they are
     else:
-        d = fit_profile(data_dir, base)
+        from calibrate.fit_uncertainty import add_uncertainty
+        held: list = []
+        d = fit_profile(data_dir, base, heldout=held)
+        # held-out residuals -> calibration.uncertainty (prediction intervals, cost-noise replicates)
+        add_uncertainty(d, held, data_dir, str(out))
     if has_nccl:
         d["interconnect"] = fit_interconnect(data_dir, d.get("interconnect"), str(base))
         profile_from_dict(d, str(out))  # the written section must load (ConfigError: one line, exit 2)
@@ -90,6 +95,9 @@ def fit(data_dir: Path = typer.Argument(..., help="calibrate/data/<gpu>/ with th
                        f"{f['heldout_median_abs_pct_err']}%, p90 {f['heldout_p90_abs_pct_err']}%")
     if not kernels:
         return
+    unc = d["calibration"].get("uncertainty", {})
+    typer.echo(f"calibration.uncertainty: held-out residuals of {sum(len(k) for k in unc.get('ops', {}).values())} "
+               f"(backend, op) groups" + (f"; step-level term from {unc['step']['data']}" if "step" in unc else ""))
     typer.echo(f"{'op':14s}{'backend':9s}{'points':>7s}{'cf':>7s}{'bf':>7s}{'held-out med%':>15s}{'p90%':>7s}")
     for be, ops in d["efficiency"]["backends"].items():
         for kind, c in ops.items():

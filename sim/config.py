@@ -250,6 +250,9 @@ class SimConfig:
     slo: SLOConfig | None = None
     seed: int = field(default=0, metadata=_c(ge=0))
     fast_forward: bool = field(default=True, metadata=_c(doc="fast-forward pure-decode runs (same results, faster)"))
+    cost_noise_replicate: int | None = field(default=None, metadata=_c(
+        ge=0, doc="cost-noise replicate number: scale each op kind's step time by one draw from the hardware "
+                  "profile's held-out residuals (sim.cost.noise; sim.run_replicates sets it); none = no noise"))
     base_dir: str = field(default=".", metadata=_c(doc="where relative paths resolve (set by the loader)"))
 
     def __post_init__(self):

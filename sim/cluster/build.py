@@ -126,6 +126,20 @@ def _cost(cfg: SimConfig, i: int, pool: PoolConfig, model, hw):
     return ParallelCost(model, hw, tp, pp, host_overhead_s=eng.host_overhead_s, **dict(cm.params))
 
 
+def _noisy(cfg: SimConfig, i: int, pool: PoolConfig, cost, hw):
+    """``cost`` scaled by cost-noise replicate ``cfg.cost_noise_replicate`` (sim.cost.noise)."""
+    from sim.cost.noise import noisy_cost
+    if pool.cost_model.name != "roofline":
+        raise ConfigError(_key(cfg, i, "cost_model.name"), "cost_noise_replicate scales the op kinds of the "
+                                                            f"'roofline' cost model, not '{pool.cost_model.name}'")
+    out = noisy_cost(cost, hw, cfg.seed, cfg.cost_noise_replicate)
+    if out is None:
+        raise ConfigError(_key(cfg, i, "hardware"),
+                          f"profile '{hw.name}' has no calibration.uncertainty for backend '{cost.backend}' (only "
+                          "calibrated profiles carry held-out residuals to draw from); leave cost_noise_replicate unset")
+    return out
+
+
 def _capacity(cost, layout: ReplicaLayout, max_num_seqs: int) -> float:
     """Output tokens/s of a decode step of B requests at 1,024 tokens of context (module doc)."""
     per_engine = layout.kv_capacity_tokens // layout.pp
@@ -161,6 +175,8 @@ def build_pools(cfg: SimConfig) -> list[Pool]:
             raise ConfigError(_key(cfg, i, "parallelism.pp"),
                               f"{layout.kv_blocks} KV blocks cannot be split over {par.pp} pipeline micro-batches")
         cost = _cost(cfg, i, pc, model, hw)
+        if cfg.cost_noise_replicate is not None:
+            cost = _noisy(cfg, i, pc, cost, hw)
         price, src = _price(hw, pc)
         max_model_len = eng.max_model_len or model.max_position_embeddings
         out.append(Pool(pc, i, model, hw, layout, cost, max_model_len, price, src,
