@@ -70,8 +70,11 @@ class Results:
         it = self._iterations
         if it is None:
             if self._summary_iterations is None:
-                pp = any(p["pp"] > 1 for p in self.info.get("pools", []))
-                self._summary_iterations = self._build(SUMMARY_ITERATION_COLUMNS + (PP_COLUMNS if pp else []))
+                pools = self.info.get("pools", [])
+                cols = SUMMARY_ITERATION_COLUMNS[1:] if sum(p["num_replicas"] for p in pools) <= 1 else \
+                    SUMMARY_ITERATION_COLUMNS  # one replica: no replica column to build
+                pp = any(p["pp"] > 1 for p in pools)
+                self._summary_iterations = self._build(cols + (PP_COLUMNS if pp else []))
             it = self._summary_iterations
         pools = self.info.get("pools")
         max_seqs = [p["max_num_seqs"] for p in pools for _ in range(p["num_replicas"])] if pools else \

@@ -26,6 +26,13 @@ from sim.cost.ops import chain_token_s, decode_chain_tokens
 class DecodePriceMixin:
     """Methods of ``RooflineCost`` (which provides the hoisted profile constants)."""
 
+    @property
+    def uses_decode_context_max(self) -> bool:
+        """The decode price reads the longest context (a serial-chain floor in the profile); the
+        engine tracks it only then."""
+        eff = self._dec_eff
+        return bool(eff.chain_s_per_token or eff.chain_bytes_per_s)
+
     def _decode_fn(self, num: int):
         """Decode attention seconds as a function of the context sum, for ``num`` requests:
         the affine roofline, its correction and (if the profile has one) the measured table of

@@ -85,6 +85,10 @@ class ParallelCost:
         self._p2p_cache: dict[int, float] = {}
         self._dec_steps: dict = {}
 
+    @property
+    def uses_decode_context_max(self) -> bool:
+        return any(st.uses_decode_context_max for st in self.stages)
+
     # -- communication -------------------------------------------------------------------
     def stage_comm_s(self, tokens: int, sampled: int) -> tuple[float, ...]:
         """TP communication seconds of each stage for a step of ``tokens`` tokens, ``sampled``

@@ -33,6 +33,8 @@ def build_engine(eng, model, hw, num_blocks: int, cost, max_model_len: int) -> t
                       watermark_frac=eng.watermark_frac,
                       swap_capacity_blocks=int(eng.swap_space_bytes // block_bytes),
                       swap_bytes_per_block=block_bytes, swap_bandwidth_bytes_per_s=hw.pcie_bandwidth_bytes_per_s)
+    # the longest decode context costs a heap per scheduler: only for a cost model that reads it
+    sched.track_context_max = bool(getattr(cost, "uses_decode_context_max", False))
     if eng.preemption == "swap":
         info["swap_capacity_blocks"] = int(eng.swap_space_bytes // block_bytes)
     return sched, cost, info

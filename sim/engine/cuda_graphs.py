@@ -51,6 +51,10 @@ class CudaGraphCost:
             # (gemm, attention, other) seconds saved per decode-only step (sampled rows > 0)
             self._launch = ((4 * L + 1) * save["gemm"], L * save["attn_decode"], (6 * L + 3) * save["elementwise"])
 
+    @property
+    def uses_decode_context_max(self) -> bool:
+        return bool(getattr(self.inner, "uses_decode_context_max", False))
+
     def padded(self, n: int) -> int | None:
         """The captured size a decode batch of ``n`` replays, or None (too large: eager)."""
         i = bisect.bisect_left(self.sizes, n)

@@ -100,7 +100,7 @@ class FastForwardMixin:
         else:
             m = k
         c = self.decode_computed_sum + n
-        cmax = self.decode_context_max()
+        cmax = self.decode_context_max() if self.track_context_max else 0
         run = getattr(price, "run", None)
         out = run(c, m, now, horizon, *fixed_s, cmax) if fixed_s is not None and run is not None else None
         if out is None:

@@ -159,6 +159,8 @@ class Replica(Intake):
         clock = self.clock
         view = self.view
         track = view is not None and view.track_steps
+        cuttable = self.interruptible
+        used0 = 0
         while True:
             n = sched.num_decoding
             ctx0 = sched.decode_computed_sum + n
@@ -172,13 +174,19 @@ class Replica(Intake):
                 def price(c: int, cmax: int = 0, n=n) -> StepTime:
                     return cost.step_time(BatchShape([], n, c, n, cmax))
                 fixed, parts = price(ctx0), None
-            used0 = sched.kv.pool.num_used
-            horizon = self.horizon_s if clock is None else now + clock.lookahead_s
-            starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now, horizon)
-            k = len(starts)
-            nxt = self.horizon_s if clock is None else clock.next_s
-            if not chain or end >= nxt:
-                break
+            if clock is None:  # a lone replica: plan and chain up to its next arrival
+                starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now, self.horizon_s)
+                k = len(starts)
+                if not chain or end >= self.horizon_s:
+                    break
+            else:
+                if cuttable:
+                    used0 = sched.kv.pool.num_used
+                starts, totals, attn, used, end = sched.decode_run_plan(k, price, parts, now,
+                                                                        now + clock.lookahead_s)
+                k = len(starts)
+                if not chain or end >= clock.next_s:
+                    break
             rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0,
                            len(sched.running), len(sched.waiting), used)
             sched.decode_run_complete(k, end, self._finished)
@@ -190,12 +198,13 @@ class Replica(Intake):
                     view.changed()
                 yield timeout_at(env, end)
                 return
-        run = (n, ctx0, len(sched.running), len(sched.waiting))
-        if not self.interruptible:
-            rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0, run[2], run[3], used)
+        if not cuttable:
+            rec.decode_run(self.index, starts, totals, attn, fixed, n, ctx0, len(sched.running), len(sched.waiting),
+                           used)
             yield timeout_at(env, end)
             sched.decode_run_complete(k, env.now, self._finished)
             return
+        run = (n, ctx0, len(sched.running), len(sched.waiting))
         if track:
             view.publish(used0, starts, used)
         self._run = (starts,)

@@ -94,6 +94,7 @@ class Scheduler(FastForwardMixin):
         self.step = 0
         self._finish_heap: list[tuple[int, int, Request]] = []
         self._offset_heap: list[tuple[int, int, Request]] = []  # (-decode_offset, id): the longest decode
+        self.track_context_max = True  # build_engine turns it off when the cost model ignores it
         self.num_preemptions = 0
         self._on_finish = None  # static batching: the callback that returns padded rows
         self.decode_end_s = -1.0  # end of the last step that advanced the steady decodes
@@ -110,7 +111,8 @@ class Scheduler(FastForwardMixin):
         self.decode_computed_sum += r.num_computed
         r.finish_step = self.step + (r.output_tokens - r.num_output)
         heapq.heappush(self._finish_heap, (r.finish_step, r.id, r))
-        heapq.heappush(self._offset_heap, (-r.decode_offset, r.id, r))
+        if self.track_context_max:
+            heapq.heappush(self._offset_heap, (-r.decode_offset, r.id, r))
 
     def _leave_decode(self, r: Request) -> None:
         """Materialise a steady-decode request's counters and take it out of the set."""
@@ -139,6 +141,8 @@ class Scheduler(FastForwardMixin):
     def decode_context_max(self) -> int:
         """The longest context a steady decode attends to at the next step (computed tokens + the
         new one), 0 with none; amortized O(1) (stale heap entries dropped lazily)."""
+        if not self.track_context_max:
+            return 0
         heap = self._offset_heap
         while heap and (heap[0][2].decode_bucket < 0 or heap[0][2].decode_offset != -heap[0][0]):
             heapq.heappop(heap)
@@ -310,7 +314,7 @@ class Scheduler(FastForwardMixin):
                 sampled += 1
         ctx = plan.decode_context_sum + (self.padding_context_sum + pad if pad else 0)
         plan.shape = BatchShape(chunks, plan.num_decode + pad, ctx, sampled,
-                                self.decode_context_max() if plan.num_decode else 0)
+                                self.decode_context_max() if plan.num_decode and self.track_context_max else 0)
         if plan.swap_out_bytes or plan.swap_in_bytes:
             plan.swap_s = self.preemption.copy_s(plan)
         return plan

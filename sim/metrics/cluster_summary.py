@@ -33,7 +33,7 @@ def cluster_summary(requests: pd.DataFrame, iterations: pd.DataFrame, pools: lis
     tok_per_hour = s["output_tokens_per_s"] * 3600.0
     out = {"gpus": gpus, "cost_per_hour": cost_per_hour,
            "cost_per_million_output_tokens": cost_per_hour / tok_per_hour * 1e6 if tok_per_hour > 0 else None}
-    rep_it = iterations["replica"].to_numpy()
+    rep_it = iterations["replica"].to_numpy() if len(pools) > 1 else None
     step = iterations["step_s"].to_numpy()
     kv = iterations["kv_usage_frac"].to_numpy()
     pool_col = requests["pool"].to_numpy() if "pool" in requests else None
@@ -43,10 +43,11 @@ def cluster_summary(requests: pd.DataFrame, iterations: pd.DataFrame, pools: lis
         n = p["num_replicas"]
         reps = np.arange(first, first + n)
         first += n
-        rq = requests[pool_col == p["name"]] if pool_col is not None else requests
+        whole = len(pools) == 1  # one pool: every row is its (no masks over the whole run)
+        rq = requests if whole or pool_col is None else requests[pool_col == p["name"]]
         ok = rq[~rq["rejected"]]
         done = ok[ok["finish_s"] >= 0]
-        m = np.isin(rep_it, reps)
+        m = slice(None) if whole else (rep_it == first - n if n == 1 else np.isin(rep_it, reps))
         w = step[m]
         pp = p.get("pp", 1)
         if pp > 1 and "gemm_s" in iterations:  # micro-batches overlap: the stages' work over pp
