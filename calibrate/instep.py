@@ -34,7 +34,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 
 from .stepshape import (est_instep_s, est_step_s, instep_reps, instep_steps, models_for, parse_shape, parse_step,
                         phase, step_str)
@@ -143,10 +142,7 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"--methods: unknown {sorted(bad)}; expected some of {list(METHODS)}")
     os.makedirs(args.out, exist_ok=True)
-    from .stepattn import VendorAttn
-    from .stepref import Weights
-    from .steptime import MAX_COPIES, clocks, deadline, dtype, free_memory, l2_bytes, pool_for, provenance
-    from .timing import DEV
+    from .steptime import MAX_COPIES, clocks, deadline, for_each_combo, l2_bytes, pool_for, provenance
     t_start = time.time()
     left = deadline(args.budget_s)
     prov = provenance("instep", argv)
@@ -166,38 +162,11 @@ def main(argv=None) -> int:
                           "runner_l2_multiple": getattr(timing, "ROTATE_L2_MULTIPLE", None),
                           "runner_max_copies": getattr(timing, "ROTATE_MAX_COPIES", None)})
     rows: list[dict] = []
-    combos = [(md, be) for md in models for be in args.backends.split(",")]
-    gc.disable()
-    for ci, (md, be) in enumerate(combos):
-        # this combination's share of what is left, in proportion to the estimates
-        wts = [est.get(f"{m.name}/{b}", 1.0) for m, b in combos]
-        share, t0 = left() * wts[ci] / sum(wts[ci:]), time.time()
-        try:
-            w = Weights(md, be, DEV, dtype())
-            va = VendorAttn(DEV, dtype(), md.heads, md.kv_heads, md.head_dim) if be == "vendor" else None
-            if va is not None:
-                prov["vendor_attention"][md.name] = va.info
-                log(f"[instep] vendor attention for {md.name}: prefill {va.prefill_name}, decode {va.decode_name}")
-        except Exception as e:  # noqa: BLE001
-            log(traceback.format_exc())
-            prov["skipped"].append(f"{md.name}/{be}: setup failed: {type(e).__name__}: {str(e)[:300]}")
-            continue
-        benched: dict = {}
-        for pf, dc in steps:
-            if time.time() - t0 > share:
-                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: budget")
-                continue
-            try:
-                _one_step(md, be, w, va, pf, dc, pool, l2, benched, rows, prov)
-            except Exception as e:  # noqa: BLE001
-                log(traceback.format_exc()[-3000:])
-                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: {type(e).__name__}: {str(e)[:300]}")
-                gc.collect()
-                free_memory()
-        del w, va, benched
-        gc.collect()
-        free_memory()
-    gc.enable()
+
+    def make_run(md, be, w, va):
+        benched: dict = {}  # standalone times of the op shapes seen so far for this model and backend
+        return lambda pf, dc: _one_step(md, be, w, va, pf, dc, pool, l2, benched, rows, prov)
+    for_each_combo(models, args.backends.split(","), est, left, lambda md, be: steps, make_run, prov, "instep")
     with open(os.path.join(args.out, "instep.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=COLUMNS)
         wr.writeheader()

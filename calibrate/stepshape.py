@@ -17,6 +17,11 @@ Shape syntax (one step, as ``sim.cost.base.BatchShape`` describes it):
            Empty: no decode.
   step     ``PREFILL;DECODE`` (either side may be empty): ``2048x1;``, ``;32@1024``, ``512x1;32@1024``.
 
+``sim/cost/step_shape.py`` parses the same syntax for ``servesim cost step``. The two stay apart
+on purpose: the GPU machine runs this package without ``sim``'s dependencies (simpy), and the
+installed ``sim`` does not carry ``calibrate/``; tests/test_calibrate_compare.py checks that
+both parse the same strings the same way (and reject the same bad ones).
+
 Models: what a step's time depends on (dims, layer count, QKV bias); the step samples one token
 per prefill chunk and per decode sequence (every chunk treated as its prompt's last).
 Ignores: anything that does not change a kernel's shape (rope scaling, eps values).

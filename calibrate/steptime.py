@@ -337,3 +337,50 @@ def graph_time(step: Step, replays: int, side_warmup: bool = True) -> tuple[floa
 def deadline(seconds: float):
     t0 = time.time()
     return lambda: seconds - (time.time() - t0)
+
+
+# ------------------------------------------------------------------ the per-(model, backend) loop
+def for_each_combo(models, backends, est: dict, left, shapes_for, make_run, prov: dict, tag: str) -> None:
+    """The loop instep and wholestep share: each (model, backend) in turn, with its share of the
+    time ``left()`` in proportion to the estimates ``est["<model>/<backend>"]``; its weights and
+    (vendor) attention are built, then ``make_run(md, be, w, va)`` is called once and what it
+    returns is called as ``run(prefill, decode)`` for each shape of ``shapes_for(md, be)`` until
+    the share is spent. A failure (setup or one shape) is logged with its traceback, recorded in
+    ``prov["skipped"]`` and the loop goes on; garbage collection is off inside, memory freed
+    between shapes that failed and after each combination."""
+    import gc
+    import traceback
+    from .stepattn import VendorAttn
+    from .stepref import Weights
+    from .stepshape import step_str
+    combos = [(md, be) for md in models for be in backends]
+    wts = [est.get(f"{m.name}/{b}", 1.0) for m, b in combos]
+    gc.disable()
+    for ci, (md, be) in enumerate(combos):
+        share, t0 = left() * wts[ci] / sum(wts[ci:]), time.time()
+        try:
+            w = Weights(md, be, DEV, dtype())
+            va = VendorAttn(DEV, dtype(), md.heads, md.kv_heads, md.head_dim) if be == "vendor" else None
+            if va is not None:
+                prov["vendor_attention"][md.name] = va.info
+                log(f"[{tag}] vendor attention for {md.name}: prefill {va.prefill_name}, decode {va.decode_name}")
+        except Exception as e:  # noqa: BLE001
+            log(traceback.format_exc())
+            prov["skipped"].append(f"{md.name}/{be}: setup failed: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        run = make_run(md, be, w, va)
+        for pf, dc in shapes_for(md, be):
+            if time.time() - t0 > share:
+                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: budget")
+                continue
+            try:
+                run(pf, dc)
+            except Exception as e:  # noqa: BLE001
+                log(traceback.format_exc()[-3000:])
+                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: {type(e).__name__}: {str(e)[:300]}")
+                gc.collect()
+                free_memory()
+        del w, va, run
+        gc.collect()
+        free_memory()
+    gc.enable()

@@ -38,7 +38,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 
 from .stepshape import (WS_EAGER_REPS, WS_LONG_S, WS_REPLAYS, est_step_s, est_wholestep_s, heldout, models_for,
                         parse_shape, phase, step_str, wholestep_grid, ws_eager_reps)
@@ -113,10 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default="vendor,triton")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    from .stepattn import VendorAttn
-    from .stepref import Weights
-    from .steptime import clocks, deadline, dtype, free_memory, pool_for, provenance
-    from .timing import DEV
+    from .steptime import clocks, deadline, for_each_combo, pool_for, provenance
     t_start = time.time()
     left = deadline(args.budget_s)
     prov = provenance("wholestep", argv)
@@ -132,36 +128,9 @@ def main(argv=None) -> int:
                                                 "sum of per-launch median event-timed eager op times"})
     pool = pool_for(models, sorted({s for g in grid.values() for s in g}))
     rows: list[dict] = []
-    combos = [(md, be) for md in models for be in backends]
-    gc.disable()
-    for ci, (md, be) in enumerate(combos):
-        # this combination's share of what is left, in proportion to the estimates
-        wts = [est.get(f"{m.name}/{b}", 1.0) for m, b in combos]
-        share, t0 = left() * wts[ci] / sum(wts[ci:]), time.time()
-        try:
-            w = Weights(md, be, DEV, dtype())
-            va = VendorAttn(DEV, dtype(), md.heads, md.kv_heads, md.head_dim) if be == "vendor" else None
-            if va is not None:
-                prov["vendor_attention"][md.name] = va.info
-        except Exception as e:  # noqa: BLE001
-            log(traceback.format_exc())
-            prov["skipped"].append(f"{md.name}/{be}: setup failed: {type(e).__name__}: {str(e)[:300]}")
-            continue
-        for pf, dc in grid[(md.name, be)]:
-            if time.time() - t0 > share:
-                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: budget")
-                continue
-            try:
-                _one_shape(md, be, w, va, pf, dc, pool, rows, prov)
-            except Exception as e:  # noqa: BLE001
-                log(traceback.format_exc()[-3000:])
-                prov["skipped"].append(f"{md.name}/{be} {step_str(pf, dc)}: {type(e).__name__}: {str(e)[:300]}")
-                gc.collect()
-                free_memory()
-        del w, va
-        gc.collect()
-        free_memory()
-    gc.enable()
+    for_each_combo(models, backends, est, left, lambda md, be: grid[(md.name, be)],
+                   lambda md, be, w, va: lambda pf, dc: _one_shape(md, be, w, va, pf, dc, pool, rows, prov),
+                   prov, "wholestep")
     with open(os.path.join(args.out, "wholestep.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=COLUMNS)
         wr.writeheader()
