@@ -117,6 +117,16 @@ def test_round_robin_weights_by_capacity_across_heterogeneous_pools():
     assert share > 0.6
 
 
+def test_router_weight_overrides_capacity():
+    """A pool's router_weight replaces its measured capacity: weights 3 and 1 split round-robin
+    3:1 in every window of four requests, whatever the GPUs."""
+    res = sim.run(cluster_config("round_robin", [{"name": "a", "num_replicas": 1, "hardware": "l40s", "router_weight": 3},
+                                                 {"name": "b", "num_replicas": 1, "hardware": "h100_sxm",
+                                                  "router_weight": 1}], workload__num_requests=200))
+    order = res.requests.sort_values("arrival_s", kind="stable")["pool"].astype(str).tolist()
+    assert all(order[i:i + 4].count("a") == 3 for i in range(0, 200, 4))
+
+
 def test_power_of_two_is_reproducible_under_the_seed():
     cfg = cluster_config("power_of_two", workload__num_requests=200)
     a, b = sim.run(cfg), sim.run(cfg)
@@ -230,6 +240,9 @@ def test_pipeline_parallel_run_end_to_end():
     ({"cluster": {"pools": [{"name": "a", "parallelism": {"tp": 5}}]}}, "cluster.pools[0].parallelism.tp"),
     ({"cluster": {"router": {"name": "nope"}, "pools": [{"name": "a"}]}}, "cluster.router"),
     ({"model": "llama-3.1-70b", "parallelism": {"tp": 16}}, "parallelism.tp"),
+    ({"cluster": {"pools": [{"name": "a", "router_weight": 0}]}}, "cluster.pools[0].router_weight"),
+    ({"cluster": {"pools": [{"name": "a", "price_usd_per_gpu_hour": -1}]}}, "cluster.pools[0].price_usd_per_gpu_hour"),
+    ({"cluster": {"pools": [{"name": "a"}, {"name": "a"}]}}, "cluster.pools[1].name"),
 ])
 def test_bad_cluster_input_is_one_line_naming_the_key(over, key):
     with pytest.raises(ConfigError) as e:

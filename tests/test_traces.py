@@ -76,6 +76,37 @@ def test_lengths_only_exact(tmp_path):
         read_trace(spec(p, end_s=10.0))
 
 
+def test_copies_superpose_shifted_copies(tmp_path):
+    """copies=3: every row three times; the first copy as it was, the others shifted within the
+    span and wrapped (times stay in [0, span], sorted); block hashes offset per copy so copies
+    share no prefix; the same seed gives the same offsets."""
+    p = write(tmp_path, "trace.jsonl", mooncake_text(MOON))
+    one = read_trace(spec(p))
+    three = read_trace(spec(p, copies=3), rng_streams=RngStreams(5))
+    assert len(three) == 3 * len(one)
+    t = three["arrival_s"].to_numpy()
+    assert t[0] == 0.0 and (np.diff(t) >= 0).all() and t[-1] <= 3.0
+    assert sorted(three["prompt_tokens"]) == sorted(one["prompt_tokens"].tolist() * 3)
+    keys = [tuple(h) for h in three["hash_ids"]]
+    assert len(set(keys)) == 3 * len({tuple(h) for h in one["hash_ids"]})  # no key shared across copies
+    again = read_trace(spec(p, copies=3), rng_streams=RngStreams(5))
+    pd.testing.assert_frame_equal(three, again)
+
+
+def test_copies_errors(tmp_path):
+    lengths = write(tmp_path, "sharegpt_small.csv",
+                    "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n74,918,992,0.08\n")
+    with pytest.raises(ConfigError, match="copies"):
+        read_trace(spec(lengths, copies=2))  # no arrival times to shift
+    one_row = write(tmp_path, "one.jsonl", mooncake_text(MOON[:1]))
+    with pytest.raises(ConfigError, match="workload.trace.copies"):
+        read_trace(spec(one_row, copies=2))  # a trace of no span
+    from sim.config import load_config
+    with pytest.raises(ConfigError, match="workload.trace.copies"):
+        load_config({"model": "llama-3.1-8b", "hardware": "h100_sxm",
+                     "workload": {"trace": {"path": str(one_row), "copies": 0}}})
+
+
 def test_generic_csv_and_jsonl(tmp_path):
     p = write(tmp_path, "mine.csv", "t,in,out,blocks\n0.5,10,3,\"[1, 2]\"\n2.0,20,4,\"[1]\"\n")
     cols = {"arrival_s": "t", "prompt_tokens": "in", "output_tokens": "out", "hash_ids": "blocks",
