@@ -20,13 +20,10 @@ import simpy
 
 from sim.cluster.build import Cluster, build_cluster, build_pools
 from sim.config import ConfigError, SimConfig, dump_yaml, load_config
-from sim.cost.base import cost_models
 from sim.engine.request import Request
-from sim.hardware import HardwareProfile
 from sim.metrics.cluster_summary import cluster_summary
 from sim.metrics.records import Recorder
 from sim.metrics.summary import format_summary, summarize
-from sim.model_spec import ModelSpec
 from sim.rng import RngStreams
 from sim.workload.generator import RequestStream, build_stream
 
@@ -101,12 +98,6 @@ class Results:
         from sim.metrics import plots
 
         return plots.plot(self, kind, **kw)
-
-
-def build_cost(cfg: SimConfig, model: ModelSpec, hw: HardwareProfile):
-    """The step-cost model of ``cfg``'s top-level settings on one GPU (library helper)."""
-    return cost_models.build(cfg.cost_model.name, cfg.cost_model.params, key="cost_model",
-                             model=model, hardware=hw, host_overhead_s=cfg.engine.host_overhead_s)
 
 
 def simulate(cfg: SimConfig, progress: Callable[[int, int], None] | None = None) -> Results:
